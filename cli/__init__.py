@@ -1,0 +1,1 @@
+"""The ``fsiad`` command-line interface (click)."""

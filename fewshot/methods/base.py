@@ -1,0 +1,195 @@
+"""The method protocol every fsiad method implements, and the name registry.
+
+Vocabulary follows scikit-learn: ``fit`` on normal references (zero images allowed for
+zero-shot methods), ``predict`` on query images. Images are float tensors
+``[N, 3, S, S]`` in ``[0, 1]`` produced by ``method.preprocess``; both ``fit`` and
+``predict`` also accept an iterable of such batches (memory-bounded full-data fits).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from fewshot.preprocess import Preprocess
+from fewshot.result import AnomalyResult
+
+Images = torch.Tensor | Iterable[torch.Tensor]
+REGIMES = ("zero-shot", "zero-shot-transductive", "few-shot", "full-data")
+
+
+@dataclass
+class MethodConfig:
+    """Options common to all methods (method-specific ones go in ``options``).
+
+    Attributes:
+        encoder: encoder name (``None`` = the method's default).
+        weights: explicit weight file for the encoder (resolver's first source).
+        device: ``cpu`` or ``cuda[:i]``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast for the encoder forward).
+        image_size: working side (``None`` = the method/encoder default).
+        class_name: object name used by text prompts.
+        prompts: prompt file (YAML) for prompt-based methods.
+        allow_random: random-init encoder weights (tests only; never a silent fallback).
+        batch_size: images per encoder forward.
+        options: method-specific hyperparameters.
+    """
+
+    encoder: str | None = None
+    weights: str | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    image_size: int | None = None
+    class_name: str = "object"
+    prompts: str | None = None
+    allow_random: bool = False
+    batch_size: int = 8
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def iter_batches(images: Images, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield ``[B, 3, S, S]`` batches from a tensor or an iterable of tensors."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
+        for i in range(0, images.shape[0], batch_size):
+            yield images[i : i + batch_size]
+    else:
+        for batch in images:
+            yield from iter_batches(batch, batch_size)
+
+
+class AnomalyMethod(ABC):
+    """Base class: subclasses implement ``_fit`` and ``_predict_batch`` (or override ``predict``).
+
+    Subclasses that keep state needed after ``fit`` implement ``get_state`` / ``set_state``
+    (tensors only) so that ``save`` / ``load`` round-trip exactly.
+    """
+
+    name: ClassVar[str] = ""
+    regime: ClassVar[str] = "few-shot"
+    #: True when predict must see the whole unlabeled query set at once (MuSc-style).
+    transductive: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config or MethodConfig()
+        self.fitted = False
+
+    # -- contract -----------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def preprocess(self) -> Preprocess:
+        """Geometry of the tensors this method expects (and of its maps)."""
+
+    @abstractmethod
+    def _fit(self, images: Images) -> None:
+        """Build the normal model from reference images (possibly none)."""
+
+    def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
+        raise NotImplementedError
+
+    def fit(self, images: Images | None = None) -> AnomalyMethod:
+        """Fit on normal reference images ``[K, 3, S, S]`` (``None`` / empty = zero-shot)."""
+        if images is None:
+            images = torch.empty(0, 3, self.preprocess.size, self.preprocess.size)
+        self._fit(images)
+        self.fitted = True
+        return self
+
+    def predict(self, images: Images) -> AnomalyResult:
+        """Score query images; returns ``AnomalyResult`` with maps ``[N, S, S]``."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
+        parts = [self._predict_batch(b) for b in iter_batches(images, self.config.batch_size)]
+        if not parts:
+            s = self.preprocess.size
+            return AnomalyResult(torch.empty(0), torch.empty(0, s, s))
+        return AnomalyResult.concat(parts)
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for results files (encoder, weights source/checksum, protocol)."""
+        return {"method": self.name, "regime": self.regime, "preprocess": self.preprocess.describe()}
+
+    # -- persistence --------------------------------------------------------------------
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """Tensors needed to predict after ``fit`` (memory bank, statistics, ...)."""
+        return {}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise NotImplementedError(f"{self.name} does not implement set_state")
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``method.json`` (name, config, description) and ``state.pt``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "config": asdict(self.config), "describe": self.describe(), **(extra or {})}
+        _atomic_write_bytes(directory / "method.json", json.dumps(meta, indent=2, default=str).encode())
+        tmp = directory / "state.pt.tmp"
+        torch.save({k: v.detach().cpu() for k, v in self.get_state().items()}, tmp)
+        tmp.replace(directory / "state.pt")
+        return directory
+
+    @staticmethod
+    def load(directory: str | Path, **overrides: Any) -> AnomalyMethod:
+        """Rebuild a fitted method saved with ``save``; ``overrides`` replace config fields."""
+        directory = Path(directory)
+        meta_path = directory / "method.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not a saved fsiad model (method.json missing)")
+        meta = json.loads(meta_path.read_text())
+        config = MethodConfig(**{**meta["config"], **overrides})
+        method = create_method(meta["name"], config)
+        method.set_state(torch.load(directory / "state.pt", map_location="cpu", weights_only=True))
+        method.fitted = True
+        return method
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+_REGISTRY: dict[str, type[AnomalyMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[AnomalyMethod]], type[AnomalyMethod]]:
+    """Class decorator: make a method available by ``name`` to the CLI and harness."""
+
+    def deco(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def method_names() -> list[str]:
+    _import_builtin_methods()
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[AnomalyMethod]:
+    _import_builtin_methods()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_method(name: str, config: MethodConfig | None = None) -> AnomalyMethod:
+    """Instantiate a registered method by name."""
+    return method_class(name)(config)
+
+
+def _import_builtin_methods() -> None:
+    # Importing the package registers the built-in methods (fewshot/methods/__init__.py).
+    import fewshot.methods  # noqa: F401

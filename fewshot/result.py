@@ -1,0 +1,40 @@
+"""Typed result objects shared by every method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AnomalyResult:
+    """Output of ``AnomalyMethod.predict``.
+
+    Attributes:
+        image_scores: ``[N]`` float32, higher = more anomalous.
+        anomaly_maps: ``[N, H, W]`` float32 at the method's working resolution
+            (``method.preprocess.size``), higher = more anomalous.
+    """
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.image_scores.ndim != 1:
+            raise ValueError(f"image_scores must be [N], got {tuple(self.image_scores.shape)}")
+        if self.anomaly_maps.ndim != 3 or self.anomaly_maps.shape[0] != self.image_scores.shape[0]:
+            raise ValueError(
+                f"anomaly_maps must be [N, H, W] with N={self.image_scores.shape[0]}, "
+                f"got {tuple(self.anomaly_maps.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.image_scores.shape[0])
+
+    @staticmethod
+    def concat(parts: list[AnomalyResult]) -> AnomalyResult:
+        """Concatenate batch results along N."""
+        return AnomalyResult(
+            torch.cat([p.image_scores for p in parts]), torch.cat([p.anomaly_maps for p in parts])
+        )
