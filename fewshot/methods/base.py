@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from fewshot.data.base import Sample
 from fewshot.preprocess import Preprocess
 from fewshot.result import AnomalyResult
 
@@ -93,6 +94,16 @@ class AnomalyMethod(ABC):
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
         raise NotImplementedError
+
+    def prepare(self, samples: Sequence[Sample]) -> Any:
+        """Load and preprocess dataset samples into what ``fit`` / ``predict`` take.
+
+        Default: RGB images through ``self.preprocess`` -> ``[N, 3, S, S]``. Multi-modal
+        methods (RGB-D) override this and accept their own batch type in fit/predict.
+        """
+        from fewshot.data.io import read_image
+
+        return self.preprocess.images([read_image(s.path) for s in samples])
 
     def fit(self, images: Images | None = None) -> AnomalyMethod:
         """Fit on normal reference images ``[K, 3, S, S]`` (``None`` / empty = zero-shot)."""
