@@ -1,0 +1,374 @@
+"""CLIP image/text encoder on open_clip, with masked-token window encoding (WinCLIP).
+
+Registered names (``fsiad models``):
+
+* ``clip_vitb16plus_240`` - open_clip ``ViT-B-16-plus-240`` / ``laion400m_e31`` (WinCLIP's
+  backbone): 240 px, 15x15 patches, width 896, embedding 640.
+* ``clip_vitb16_openai`` - OpenAI ``ViT-B-16`` (224 px, QuickGELU).
+* ``clip_vitl14_336_openai`` - OpenAI ``ViT-L-14-336`` (336 px, QuickGELU).
+
+Any other open_clip architecture / pretrained tag: ``create_clip_encoder(arch, pretrained)``
+(or encoder name ``clip:ARCH/TAG`` in ``MethodConfig.encoder``); a local checkpoint by path
+with ``weights=PATH``. Only open_clip ``VisionTransformer`` towers are supported.
+
+open_clip 3.3 ``VisionTransformer`` forward: ``conv1`` -> prepend CLS -> ``+ positional
+embedding`` -> ``patch_dropout`` (identity in eval) -> ``ln_pre`` -> ``transformer`` ->
+``_pool`` (``ln_post`` then the CLS token for ``pool_type='tok'``; attention pooling for
+CoCa-style towers) -> ``@ proj``. Window encoding keeps the CLS token and a subset of patch
+tokens taken right after the positional embedding, and runs the rest of that path on the
+shorter sequence (as WinCLIP's masked-token windows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.transformer import VisionTransformer
+
+from fewshot.encoders.base import Encoder, WeightInfo
+from fewshot.encoders.registry import RANDOM_SEED, register_encoder
+from fewshot.encoders.weights import WeightSpec, WeightsNotFoundError, fsiad_home, random_weights, resolve_weights
+from fewshot.preprocess import Preprocess
+
+__all__ = ["CLIPEncoder", "CLIP_MODELS", "create_clip_encoder", "clip_weight_spec", "text_cache_dir"]
+
+#: registry name -> (open_clip architecture, pretrained tag, quick_gelu, description)
+CLIP_MODELS: dict[str, tuple[str, str, bool, str]] = {
+    "clip_vitb16plus_240": ("ViT-B-16-plus-240", "laion400m_e31", False,
+                            "OpenCLIP ViT-B/16+ 240px, LAION-400M e31 (WinCLIP default)"),
+    "clip_vitb16_openai": ("ViT-B-16", "openai", True, "OpenAI CLIP ViT-B/16 224px"),
+    "clip_vitl14_336_openai": ("ViT-L-14-336", "openai", True, "OpenAI CLIP ViT-L/14 336px"),
+}
+DEFAULT_CHUNK_TOKENS = 16384
+_TEXT_BATCH = 64
+
+
+def text_cache_dir() -> Path:
+    """On-disk text-embedding cache ``$FSIAD_HOME/text-embeddings``."""
+    return fsiad_home() / "text-embeddings"
+
+
+class CLIPEncoder(Encoder):
+    """open_clip CLIP model as an fsiad encoder.
+
+    Args:
+        model: an open_clip ``CLIP`` / ``CustomTextCLIP`` with a ``VisionTransformer`` tower.
+        tokenizer: open_clip tokenizer (``list[str] -> LongTensor[P, ctx]``).
+        name: registry name (for metadata).
+        model_id: architecture identity (name + tag or config), part of the text-cache key.
+        weights: where the weights came from.
+        device, precision: see ``Encoder``.
+        chunk_tokens: most tokens (sequences x length) per transformer call in window encoding.
+        text_cache: cache text embeddings on disk under ``text_cache_dir()``.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, name: str, model_id: str, weights: WeightInfo,
+                 device: str = "cpu", precision: str = "fp32", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                 text_cache: bool = True) -> None:
+        visual = getattr(model, "visual", None)
+        if not isinstance(visual, VisionTransformer):
+            raise ValueError(f"{name}: only open_clip VisionTransformer image towers are supported, "
+                             f"got {type(visual).__name__}")
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        side = int(visual.image_size[0])
+        super().__init__(Preprocess(side, interpolation="bicubic"), mean, std, weights, device, precision)
+        self.name = name
+        self.model_id = model_id
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.patch_size = int(visual.patch_size[0])
+        self.grid = (int(visual.grid_size[0]), int(visual.grid_size[1]))
+        self.chunk_tokens = int(chunk_tokens)
+        self.text_cache = text_cache
+        self._text_memo: dict[str, torch.Tensor] = {}
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def visual(self) -> VisionTransformer:
+        return self.model.visual
+
+    @property
+    def layers(self) -> list[int | str]:
+        return list(range(len(self.visual.transformer.resblocks)))
+
+    @property
+    def default_layers(self) -> list[int | str]:
+        return [self.layers[-1]]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.visual.output_dim)
+
+    # -- image side -----------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        side = self.preprocess.size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (side, side):
+            raise ValueError(f"{self.name}: images must be [N, 3, {side}, {side}], got {tuple(images.shape)}")
+
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Token sequence after the positional embedding: ``[N, 1 + h*w, width]`` (CLS first).
+
+        Runs under the caller's grad/autocast context.
+        """
+        self._check_images(images)
+        v = self.visual
+        x = v.conv1(self.normalize(images))
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], 1) + v.positional_embedding.to(x.dtype)
+
+    def _encode_sequences(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ln_pre`` -> transformer -> pool -> proj on ``[B, L, width]``: (``[B, D]``, tokens)."""
+        v = self.visual
+        x = v.transformer(v.ln_pre(seq))
+        pooled, tokens = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return pooled, tokens
+
+    def _encode_chunked(self, seq: torch.Tensor) -> torch.Tensor:
+        per = max(1, self.chunk_tokens // seq.shape[1])
+        return torch.cat([self._encode_sequences(seq[i : i + per])[0].float() for i in range(0, seq.shape[0], per)])
+
+    def image_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One plain forward: projected image embedding ``[N, D]`` and final patch tokens
+        (after ``ln_post``, unprojected) ``[N, h, w, width]``, both float32."""
+        with torch.inference_mode(), self.autocast():
+            pooled, tokens = self._encode_sequences(self.embed_tokens(images))
+        n, (h, w) = images.shape[0], self.grid
+        return pooled.float(), tokens.float().reshape(n, h, w, -1)
+
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected CLIP image embedding ``[N, D]`` (as ``model.encode_image``, unnormalised)."""
+        return self.image_outputs(images)[0]
+
+    def window_embeddings_from_tokens(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Masked-token window encoding from ``embed_tokens`` output.
+
+        Args:
+            tokens: ``[N, 1 + P, width]`` from ``embed_tokens``.
+            windows: ``LongTensor[W, m]`` patch indices (row-major) kept by each window.
+
+        Returns:
+            ``[N, W, D]`` float32: for every image and window, CLS + the ``m`` window tokens
+            through ``ln_pre`` -> transformer -> pool -> proj, all ``N*W`` sequences batched
+            (in chunks of at most ``chunk_tokens`` tokens).
+        """
+        n, length, width = tokens.shape
+        if windows.ndim != 2 or windows.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{self.name}: windows must be an integer tensor [W, m], got {tuple(windows.shape)}")
+        if windows.numel() and (int(windows.min()) < 0 or int(windows.max()) >= length - 1):
+            raise ValueError(f"{self.name}: window indices must lie in [0, {length - 1})")
+        n_win, m = windows.shape
+        idx = windows.to(tokens.device).long() + 1
+        picked = tokens[:, idx.reshape(-1)].reshape(n, n_win, m, width)
+        cls = tokens[:, :1].unsqueeze(1).expand(n, n_win, 1, width)
+        seq = torch.cat([cls, picked], 2).reshape(n * n_win, m + 1, width)
+        return self._encode_chunked(seq).reshape(n, n_win, -1)
+
+    def window_embeddings(self, images: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """``[N, W, D]`` masked-token embeddings of ``windows`` (``LongTensor[W, m]``)."""
+        with torch.inference_mode(), self.autocast():
+            return self.window_embeddings_from_tokens(self.embed_tokens(images), windows)
+
+    def _patch_features(self, images: torch.Tensor, layers: Sequence[int | str]) -> list[torch.Tensor]:
+        x = self.visual.ln_pre(self.embed_tokens(images))
+        wanted, out = {int(layer) for layer in layers}, {}
+        for i, block in enumerate(self.visual.transformer.resblocks[: max(wanted) + 1]):
+            x = block(x)
+            if i in wanted:
+                out[i] = x[:, 1:]
+        h, w = self.grid
+        return [out[int(layer)].float().reshape(images.shape[0], h, w, -1) for layer in layers]
+
+    # -- text side ------------------------------------------------------------------------
+    def _text_key(self, prompts: Sequence[str]) -> str:
+        payload = json.dumps({"model": self.model_id, "weights": self.weights.checksum, "prompts": list(prompts)})
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def text_embedding(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Projected, unnormalised text embeddings ``[P, D]`` float32 (fp32 forward).
+
+        Cached in memory and on disk, keyed by model, weights checksum and the exact prompt
+        texts (so editing a prompt file invalidates the entry).
+        """
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) and p for p in prompts):
+            raise ValueError(f"{self.name}: prompts must be a non-empty list of non-empty strings")
+        key = self._text_key(prompts)
+        if key in self._text_memo:
+            return self._text_memo[key].clone()
+        path = text_cache_dir() / f"{key}.pt"
+        emb = None
+        if self.text_cache and path.is_file():
+            try:
+                emb = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError):
+                emb = None  # unreadable cache entry: recompute and overwrite
+        if not isinstance(emb, torch.Tensor) or emb.shape != (len(prompts), self.embed_dim):
+            emb = self._encode_text(prompts)
+            if self.text_cache:
+                _atomic_save(emb, path)
+        self._text_memo[key] = emb
+        return emb.clone()
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(prompts), _TEXT_BATCH):
+                toks = self.tokenizer(prompts[i : i + _TEXT_BATCH]).to(self.device)
+                out.append(self.model.encode_text(toks).float().cpu())
+        return torch.cat(out)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model_id": self.model_id, "image_size": self.preprocess.size}
+
+
+def _atomic_save(t: torch.Tensor, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        torch.save(t.contiguous(), tmp)
+        tmp.replace(path)
+    except OSError:
+        pass  # read-only cache location: embeddings stay correct, only not persisted
+
+
+# -- weights and construction ---------------------------------------------------------------
+def _hub_finder(arch: str, tag: str):
+    """``hub(local_only)`` for open_clip pretrained tags: HF cache / open_clip URL cache."""
+
+    def hub(local_only: bool) -> str | None:
+        cfg = open_clip.get_pretrained_cfg(arch, tag)
+        if not cfg:
+            return None
+        if cfg.get("hf_hub"):
+            repo, _, fname = cfg["hf_hub"].partition("/")
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                for name in ([fname] if fname else []) + ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+                    hit = try_to_load_from_cache(repo, name)
+                    if isinstance(hit, str):
+                        return hit
+            except ImportError:
+                pass
+        url = cfg.get("url") or ""
+        if url:
+            cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+            if cached.is_file():
+                return str(cached)
+        if local_only:
+            return None
+        return open_clip.pretrained.download_pretrained(cfg)
+
+    return hub
+
+
+def clip_weight_spec(arch: str, tag: str | None, key: str | None = None) -> WeightSpec:
+    """Resolver spec for an open_clip ``arch`` / ``tag`` (hub step only with a known tag)."""
+    key = key or f"clip:{arch}/{tag or 'none'}"
+    fname = f"open_clip_{arch}_{tag or 'custom'}.pt".replace("/", "_")
+    hub = _hub_finder(arch, tag) if tag and open_clip.get_pretrained_cfg(arch, tag) else None
+    hub_name = f"open_clip {arch} / {tag}" if hub else None
+    howto = (f"or download the open_clip checkpoint of {arch} / {tag} on a connected machine "
+             f"(open_clip.create_model('{arch}', pretrained='{tag}')) and copy it to the cache path")
+    return WeightSpec(key=key, filename=fname, hub=hub, hub_name=hub_name, howto=howto)
+
+
+def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int | None) -> torch.nn.Module:
+    if isinstance(arch, dict):
+        if info.path is not None:
+            raise ValueError("a custom open_clip config can only be random-initialised")
+        return open_clip.CLIP(**arch)
+    kw = {"force_quick_gelu": quick_gelu} if quick_gelu else {}
+    if image_size is not None:
+        kw["force_image_size"] = image_size
+    model = open_clip.create_model(arch, pretrained=None, **kw)
+    if info.path is not None:
+        path = Path(info.path)
+        if path.is_dir():
+            files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt"), *path.glob("*.pth")])
+            if not files:
+                raise ValueError(f"{path}: no checkpoint file (*.safetensors, *.bin, *.pt) in this directory")
+            path = files[0]
+        try:
+            open_clip.load_checkpoint(model, str(path), strict=True)
+        except RuntimeError as exc:
+            if "TorchScript" not in str(exc) and "jit" not in str(exc).lower():
+                raise ValueError(f"{path}: not a checkpoint of open_clip {arch}: {str(exc).splitlines()[0]}") from exc
+            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=False)
+    return model
+
+
+def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weights: str | Path | None = None,
+                        device: str = "cpu", precision: str = "fp32", image_size: int | None = None,
+                        allow_random: bool = False, quick_gelu: bool | None = None, name: str | None = None,
+                        seed: int = RANDOM_SEED, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                        text_cache: bool = True) -> CLIPEncoder:
+    """Build a CLIP encoder for any open_clip architecture.
+
+    Args:
+        arch: open_clip model name (``ViT-B-16-plus-240``) or a ``CLIP(**cfg)`` config dict
+            (random init only; used by tests for tiny models).
+        pretrained: open_clip pretrained tag (``laion400m_e31``, ``openai``); enables the hub step.
+        weights: explicit local checkpoint (file or directory).
+        allow_random: random init with ``seed`` when no ``weights`` are given (tests only).
+        quick_gelu: force QuickGELU (``None`` = True for OpenAI tags).
+
+    Raises:
+        WeightsNotFoundError: no weights and ``allow_random`` is False.
+    """
+    tag_id = pretrained or "none"
+    if isinstance(arch, dict):
+        cfg_id = hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+        model_id, key = f"custom-{cfg_id}", name or f"clip:custom-{cfg_id}"
+    else:
+        model_id, key = f"{arch}/{tag_id}", name or f"clip:{arch}/{tag_id}"
+    if image_size is not None:
+        model_id += f"@{image_size}"
+    quick = quick_gelu if quick_gelu is not None else (pretrained == "openai")
+    if allow_random and weights is None:
+        info = random_weights(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build(arch, info, quick, image_size)
+    else:
+        if isinstance(arch, dict):
+            raise WeightsNotFoundError(WeightSpec(key=key, filename=f"{model_id}.pt"), "custom configs are random-init only")
+        info = resolve_weights(clip_weight_spec(arch, pretrained, key), weights)
+        model = _build(arch, info, quick, image_size)
+    tok_arch = "ViT-B-16" if isinstance(arch, dict) else arch
+    ctx = int(model.context_length) if hasattr(model, "context_length") else None
+    tokenizer = open_clip.get_tokenizer(tok_arch, context_length=ctx) if ctx else open_clip.get_tokenizer(tok_arch)
+    enc = CLIPEncoder(model, tokenizer, name=key, model_id=model_id, weights=info, device=device,
+                      precision=precision, chunk_tokens=chunk_tokens, text_cache=text_cache)
+    return enc.to(device).eval()
+
+
+def _factory(name: str):
+    arch, tag, quick, _ = CLIP_MODELS[name]
+
+    def factory(info: WeightInfo, *, device: str, precision: str, image_size: int | None) -> CLIPEncoder:
+        model = _build(arch, info, quick, image_size)
+        model_id = f"{arch}/{tag}" + (f"@{image_size}" if image_size is not None else "")
+        return CLIPEncoder(model, open_clip.get_tokenizer(arch), name=name, model_id=model_id, weights=info,
+                           device=device, precision=precision)
+
+    return factory
+
+
+for _name, (_arch, _tag, _quick, _desc) in CLIP_MODELS.items():
+    register_encoder(_name, _factory(_name), clip_weight_spec(_arch, _tag, _name), _desc)

@@ -1,0 +1,12 @@
+"""Prompt ensembles for CLIP-based methods (data files ``*.yaml`` + ``loader``)."""
+
+from prompts.loader import (
+    ClassPrompts,
+    PromptError,
+    PromptSet,
+    default_prompts_path,
+    load_prompts,
+    validate,
+)
+
+__all__ = ["ClassPrompts", "PromptError", "PromptSet", "default_prompts_path", "load_prompts", "validate"]

@@ -1,0 +1,188 @@
+"""Load, validate and expand WinCLIP prompt ensembles stored as YAML.
+
+File layout (see ``prompts/default.yaml``): top-level lists ``normal_states``,
+``anomalous_states``, ``templates`` and an optional ``categories`` mapping of per-category
+overrides (``name``, ``extra_normal_states``, ``extra_anomalous_states``, ``normal_states``,
+``anomalous_states``, ``templates``). Every state and template holds exactly one ``{}``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "PromptError", "PromptSet", "ClassPrompts", "default_prompts_path", "validate", "load_prompts",
+]
+
+LIST_KEYS = ("normal_states", "anomalous_states", "templates")
+CATEGORY_KEYS = ("name", "extra_normal_states", "extra_anomalous_states", *LIST_KEYS)
+TOP_KEYS = (*LIST_KEYS, "categories")
+_FIELD = re.compile(r"\{[^{}]*\}")
+
+
+class PromptError(ValueError):
+    """A prompt file is invalid; ``errors`` holds the ``file:line: message`` strings."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+def default_prompts_path() -> Path:
+    """The packaged default ensemble ``prompts/default.yaml``."""
+    return Path(__file__).with_name("default.yaml")
+
+
+@dataclass(frozen=True)
+class ClassPrompts:
+    """Expanded prompts for one category.
+
+    Attributes:
+        class_name: words substituted for the object (alias applied).
+        normal: ``len(normal_states) * len(templates)`` prompts.
+        anomalous: ``len(anomalous_states) * len(templates)`` prompts.
+    """
+
+    class_name: str
+    normal: list[str]
+    anomalous: list[str]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A validated prompt ensemble (global lists plus per-category overrides)."""
+
+    normal_states: list[str]
+    anomalous_states: list[str]
+    templates: list[str]
+    categories: dict[str, dict] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def class_name(self, category: str) -> str:
+        """Alias of ``category`` (``name`` override) or the key with ``_`` replaced by spaces."""
+        return str(self.categories.get(category, {}).get("name") or category.replace("_", " "))
+
+    def expand(self, category: str) -> ClassPrompts:
+        """All prompts of ``category``: ``template.format(state.format(name))`` state-major."""
+        over = self.categories.get(category, {})
+        name = self.class_name(category)
+        normal = list(over.get("normal_states", self.normal_states)) + list(over.get("extra_normal_states", []))
+        anomalous = list(over.get("anomalous_states", self.anomalous_states)) + list(
+            over.get("extra_anomalous_states", []))
+        templates = list(over.get("templates", self.templates))
+
+        def compose(states: list[str]) -> list[str]:
+            return [t.replace("{}", s.replace("{}", name), 1) for s in states for t in templates]
+
+        return ClassPrompts(name, compose(normal), compose(anomalous))
+
+
+# -- validation ----------------------------------------------------------------------------
+def _check_list(node: yaml.Node, key: str, where: str, errs: list[str], loc) -> None:
+    if not isinstance(node, yaml.SequenceNode):
+        errs.append(f"{loc(node)}: '{key}'{where} must be a list of strings")
+        return
+    if not node.value:
+        errs.append(f"{loc(node)}: '{key}'{where} is an empty list")
+        return
+    seen: dict[str, int] = {}
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode) or item.tag != "tag:yaml.org,2002:str":
+            errs.append(f"{loc(item)}: '{key}'{where} entries must be strings")
+            continue
+        text = item.value
+        fields = _FIELD.findall(text)
+        if "{}" not in fields:
+            errs.append(f"{loc(item)}: {text!r} in '{key}'{where} has no '{{}}' placeholder")
+        elif len(fields) > 1:
+            errs.append(f"{loc(item)}: {text!r} in '{key}'{where} has {len(fields)} placeholders (exactly one '{{}}' allowed)")
+        if text in seen:
+            errs.append(f"{loc(item)}: {text!r} in '{key}'{where} duplicates line {seen[text]}")
+        else:
+            seen[text] = item.start_mark.line + 1
+
+
+def _check_mapping(node: yaml.MappingNode, allowed: tuple[str, ...], where: str, errs: list[str], loc) -> dict:
+    out: dict[str, yaml.Node] = {}
+    for knode, vnode in node.value:
+        key = knode.value if isinstance(knode, yaml.ScalarNode) else str(knode)
+        if key not in allowed:
+            errs.append(f"{loc(knode)}: unknown key '{key}'{where}; allowed: {', '.join(allowed)}")
+        elif key in out:
+            errs.append(f"{loc(knode)}: key '{key}'{where} given twice")
+        else:
+            out[key] = vnode
+    return out
+
+
+def _validate_text(text: str, label: str) -> list[str]:
+    def loc(node: yaml.Node | None) -> str:
+        return f"{label}:{node.start_mark.line + 1}" if node is not None else f"{label}:1"
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        return [f"{label}:{line}: YAML syntax error: {getattr(exc, 'problem', None) or exc}"]
+    if root is None:
+        return [f"{label}:1: empty prompt file (needs {', '.join(LIST_KEYS)})"]
+    if not isinstance(root, yaml.MappingNode):
+        return [f"{loc(root)}: top level must be a mapping with keys {', '.join(TOP_KEYS)}"]
+    errs: list[str] = []
+    top = _check_mapping(root, TOP_KEYS, "", errs, loc)
+    for key in LIST_KEYS:
+        if key not in top:
+            errs.append(f"{label}:1: missing required key '{key}'")
+        else:
+            _check_list(top[key], key, "", errs, loc)
+    cats = top.get("categories")
+    if cats is not None and not (isinstance(cats, yaml.ScalarNode) and cats.value in ("", "null", "~")):
+        if not isinstance(cats, yaml.MappingNode):
+            errs.append(f"{loc(cats)}: 'categories' must be a mapping of category -> overrides")
+        else:
+            for knode, vnode in cats.value:
+                where = f" (category '{knode.value}')"
+                if not isinstance(vnode, yaml.MappingNode):
+                    errs.append(f"{loc(vnode)}: overrides{where} must be a mapping")
+                    continue
+                sub = _check_mapping(vnode, CATEGORY_KEYS, where, errs, loc)
+                for key, node in sub.items():
+                    if key == "name":
+                        if not isinstance(node, yaml.ScalarNode) or not node.value.strip():
+                            errs.append(f"{loc(node)}: 'name'{where} must be a non-empty string")
+                        elif "{" in node.value or "}" in node.value:
+                            errs.append(f"{loc(node)}: 'name'{where} must not contain braces")
+                    else:
+                        _check_list(node, key, where, errs, loc)
+    return errs
+
+
+def validate(path: str | Path) -> list[str]:
+    """Check a prompt file; returns ``"file:line: message"`` strings (empty list = valid)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{path}:1: cannot read prompt file: {exc}"]
+    return _validate_text(text, str(path))
+
+
+def load_prompts(path: str | Path | None = None) -> PromptSet:
+    """Load and validate a prompt file (``None`` = the packaged default).
+
+    Raises:
+        PromptError: the file is invalid (all problems listed with line numbers).
+    """
+    path = Path(path) if path is not None else default_prompts_path()
+    errs = validate(path)
+    if errs:
+        raise PromptError(errs)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    cats = {str(k): dict(v) for k, v in (data.get("categories") or {}).items()}
+    return PromptSet(list(data["normal_states"]), list(data["anomalous_states"]), list(data["templates"]),
+                     cats, str(path))
