@@ -33,7 +33,13 @@ from open_clip.transformer import VisionTransformer
 
 from fewshot.encoders.base import Encoder, WeightInfo
 from fewshot.encoders.registry import RANDOM_SEED, register_encoder
-from fewshot.encoders.weights import WeightSpec, WeightsNotFoundError, fsiad_home, random_weights, resolve_weights
+from fewshot.encoders.weights import (
+    WeightsNotFoundError,
+    WeightSpec,
+    fsiad_home,
+    random_weights,
+    resolve_weights,
+)
 from fewshot.preprocess import Preprocess
 
 __all__ = ["CLIPEncoder", "CLIP_MODELS", "create_clip_encoder", "clip_weight_spec", "text_cache_dir"]
