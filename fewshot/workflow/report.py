@@ -1,0 +1,153 @@
+"""Self-contained HTML report of one run: settings, threshold, metrics, histogram, image cards.
+
+The page has no scripts, external fonts or links: images are embedded as base64 PNG and the
+histogram is inline SVG, so it opens offline. Cards are streamed to disk one at a time
+(``ReportWriter``), so a run of thousands of images never holds all thumbnails in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#eee}.note{background:#fff7e0;border-left:4px solid #f0b400;padding:.5em 1em}
+.grid{display:flex;flex-wrap:wrap;gap:10px}.card{background:#fff;border:1px solid #ccc;border-radius:4px;padding:6px;font-size:.78em;width:330px}
+.card img{display:block;width:320px;image-rendering:auto}.card .name{font-family:monospace;word-break:break-all}
+.anomalous{color:#b00;font-weight:bold}.normal{color:#070;font-weight:bold}.refs img{height:96px;margin:2px}
+code{font-size:.9em}
+"""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"<code>{escape(json.dumps(value, default=str))}</code>"
+    return escape("" if value is None else str(value))
+
+
+def table(rows: dict[str, Any]) -> str:
+    """Two-column HTML table of ``key: value`` (nested values as JSON)."""
+    body = "".join(f"<tr><th>{escape(str(k))}</th><td>{_cell(v)}</td></tr>" for k, v in rows.items())
+    return f"<table>{body}</table>"
+
+
+def histogram_svg(scores: Sequence[float], labels: Sequence[int | None] | None = None,
+                  threshold: float | None = None, bins: int = 30, width: int = 640, height: int = 220) -> str:
+    """Inline SVG histogram of image scores, stacked by label, with the threshold as a red line.
+
+    Args:
+        scores: ``[N]`` image scores.
+        labels: ``[N]`` 0 / 1 / ``None`` (unknown), or ``None`` for all unknown.
+        threshold: drawn when given.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return "<p>(no scores)</p>"
+    lab = list(labels) if labels is not None else [None] * s.size
+    lo, hi = float(s.min()), float(s.max())
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    groups = [(0, "#4682b4", "normal"), (1, "#e8710a", "anomalous"), (None, "#888888", "unlabelled")]
+    counts = {g: np.histogram(s[[lb == g for lb in lab]], bins=edges)[0] for g, _, _ in groups}
+    top = max(1, int(sum(counts.values()).max()))
+    ml, mb, mt = 40, 30, 20
+    pw, ph = width - ml - 10, height - mb - mt
+    bw = pw / bins
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="score histogram" font-size="11" font-family="sans-serif">',
+             f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#333"/>',
+             f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#333"/>',
+             f'<text x="{ml - 4}" y="{mt + 4}" text-anchor="end">{top}</text>',
+             f'<text x="{ml - 4}" y="{mt + ph}" text-anchor="end">0</text>']
+    base = np.zeros(bins)
+    for g, colour, name in groups:
+        c = counts[g]
+        for i in np.nonzero(c)[0]:
+            h = c[i] / top * ph
+            y = mt + ph - (base[i] / top * ph) - h
+            parts.append(f'<rect x="{ml + i * bw:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" height="{h:.1f}" '
+                         f'fill="{colour}"><title>{name}: {c[i]} in [{edges[i]:.4g}, {edges[i + 1]:.4g})</title></rect>')
+        base += c
+    for frac in (0.0, 0.5, 1.0):
+        v = lo + frac * (hi - lo)
+        parts.append(f'<text x="{ml + frac * pw:.1f}" y="{mt + ph + 14}" text-anchor="middle">{v:.4g}</text>')
+    parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 2}" text-anchor="middle">image score</text>')
+    legend_x = ml + 8
+    for g, colour, name in groups:
+        if counts[g].sum():
+            parts.append(f'<rect x="{legend_x}" y="4" width="10" height="10" fill="{colour}"/>'
+                         f'<text x="{legend_x + 14}" y="13">{name} ({int(counts[g].sum())})</text>')
+            legend_x += 24 + 7 * len(name) + 30
+    if threshold is not None:
+        x = ml + (threshold - lo) / (hi - lo) * pw
+        parts.append(f'<line x1="{x:.1f}" y1="{mt - 6}" x2="{x:.1f}" y2="{mt + ph}" stroke="#d00" '
+                     f'stroke-width="2" stroke-dasharray="5,3"/>'
+                     f'<text x="{x + 3:.1f}" y="{mt + 6}" fill="#d00">threshold {threshold:.4g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+class ReportWriter:
+    """Streams ``report.html``: ``header`` once, ``card`` per image (sorted by the caller), ``close``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._fh = self._tmp.open("w", encoding="utf-8")
+        self.n_cards = 0
+
+    def header(self, title: str, summary: dict[str, Any], threshold_note: str, metrics: dict[str, Any] | None,
+               histogram: str, settings: dict[str, Any], references: Sequence[tuple[str, str]],
+               errors: Sequence[tuple[str, str]], n_images: int) -> None:
+        """Write everything above the image cards.
+
+        Args:
+            references: ``(path, base64 png)`` of the normal references.
+            errors: ``(path, reason)`` of targets that could not be scored.
+        """
+        w = self._fh.write
+        w(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+          f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>")
+        w(table(summary))
+        w(f'<h2>Threshold</h2><p class="note">{escape(threshold_note)}</p>')
+        if metrics:
+            w("<h2>Metrics over the scored images with known labels</h2>" + table(metrics))
+        w("<h2>Score histogram</h2>" + histogram)
+        if errors:
+            w(f"<h2>Targets not scored ({len(errors)})</h2><table><tr><th>path</th><th>reason</th></tr>")
+            w("".join(f"<tr><td>{escape(p)}</td><td>{escape(r)}</td></tr>" for p, r in errors) + "</table>")
+        w(f"<h2>Normal references ({len(references)})</h2><div class='refs'>")
+        w("".join(f'<img alt="reference {escape(p)}" title="{escape(p)}" src="data:image/png;base64,{b}">'
+                  if b else f"<code>{escape(p)} (unreadable now)</code> " for p, b in references))
+        w("</div><h2>Run settings</h2>" + table(settings))
+        w(f"<h2>Images sorted by score ({n_images})</h2><p>Left: input after preprocessing; right: "
+          "anomaly map overlay (blue = low, red = high; colour scale shared by the run).</p><div class='grid'>")
+
+    def card(self, rank: int, name: str, path: str, score: float, decision: str | None,
+             label: int | None, image_b64: str) -> None:
+        """One image card (input | overlay thumbnail, score, decision, label)."""
+        dec = f' <span class="{decision}">{decision}</span>' if decision else ""
+        lab = "" if label is None else f"<br>label: {'anomalous' if label else 'normal'}"
+        self._fh.write(
+            f'<div class="card" id="img-{escape(name)}"><img alt="{escape(name)}" '
+            f'src="data:image/png;base64,{image_b64}"><div>#{rank} score <b>{score:.6g}</b>{dec}{lab}</div>'
+            f'<div class="name" title="{escape(path)}">{escape(name)}</div></div>'
+        )
+        self.n_cards += 1
+
+    def close(self) -> Path:
+        self._fh.write("</div></body></html>\n")
+        self._fh.close()
+        self._tmp.replace(self.path)
+        return self.path

@@ -1,0 +1,109 @@
+"""Target discovery: image files and folders -> ordered samples with unique output names."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from fewshot.data.base import DatasetError, Sample
+from fewshot.data.io import is_image_file
+
+
+def collect_images(targets: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a de-duplicated list of image files.
+
+    Files named explicitly are kept whatever their extension (so that an unreadable file is
+    reported rather than silently dropped); folders contribute their visible files with an
+    image extension (``fewshot.data.io.IMAGE_EXTENSIONS``), sorted.
+    Order: the order of ``targets``, each folder sorted; duplicates keep their first place.
+
+    Raises:
+        DatasetError: a target does not exist.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if is_image_file(p) and not any(q.startswith(".") for q in p.relative_to(path).parts))
+        elif path.is_file():
+            found = [path]
+        else:
+            raise DatasetError(f"{path}: no such file or folder")
+        for p in found:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Unique, filesystem-safe names for per-image outputs (``maps/<name>.npy``).
+
+    Starts from the file stem and prepends parent folder names (joined with ``__``) only
+    where stems collide, e.g. ``nominal__textile_0001`` and ``local__textile_0001``.
+    """
+    parts = [[_safe(p.stem)] + [_safe(q) for q in reversed(p.resolve().parent.parts[1:])] for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, pr in enumerate(parts):
+            groups["__".join(reversed(pr[: depth[i]]))].append(i)
+        clashes = [idx for idx in groups.values() if len(idx) > 1]
+        grown = False
+        for idx in clashes:
+            for i in idx:
+                if depth[i] < len(parts[i]):
+                    depth[i] += 1
+                    grown = True
+        if not clashes or not grown:
+            break
+    names = ["__".join(reversed(pr[: depth[i]])) for i, pr in enumerate(parts)]
+    counts: dict[str, int] = defaultdict(int)
+    unique = []
+    for n in names:  # same file listed under two spellings cannot happen; suffixes are a last resort
+        counts[n] += 1
+        unique.append(n if counts[n] == 1 else f"{n}-{counts[n]}")
+    return unique
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "_"
+
+
+def read_labels_csv(path: str | Path) -> dict[Path, int]:
+    """Read ``path,label`` rows (label ``0``/``1`` or ``normal``/``anomalous``/``good``).
+
+    Relative image paths are taken relative to the CSV's folder. Returns resolved path -> label.
+
+    Raises:
+        DatasetError: missing columns or an unknown label, naming the CSV and row.
+    """
+    path = Path(path)
+    words = {"0": 0, "1": 1, "normal": 0, "good": 0, "ok": 0, "anomalous": 1, "anomaly": 1, "defect": 1, "ng": 1}
+    out: dict[Path, int] = {}
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: expected a header with columns 'path' and 'label'")
+        for row_no, row in enumerate(reader, start=2):
+            label = words.get(str(row["label"]).strip().lower())
+            if label is None:
+                raise DatasetError(f"{path}: row {row_no}: unknown label {row['label']!r} (use 0/1 or normal/anomalous)")
+            p = Path(row["path"])
+            out[(p if p.is_absolute() else path.parent / p).resolve()] = label
+    return out
+
+
+def make_samples(paths: Sequence[Path], labels: dict[Path, int] | None = None) -> list[Sample]:
+    """Samples for target images, labelled where ``labels`` (resolved path -> 0/1) knows them."""
+    labels = labels or {}
+    out = []
+    for p in paths:
+        label = labels.get(p.resolve())
+        out.append(Sample(path=p, label=label, defect="good" if label == 0 else ("unknown" if label is None else "anomalous")))
+    return out

@@ -1,0 +1,143 @@
+"""End-to-end tests of `fsiad score` / `fit` / `predict` on tiny synthetic PNGs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import app
+from tests.workflow_helpers import make_inspection_tree, register_test_methods
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> dict[str, Path]:
+    register_test_methods()
+    return make_inspection_tree(tmp_path_factory.mktemp("wf"))
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_scores(out: Path) -> list[dict[str, str]]:
+    with (out / "scores.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_predict_reproduce_score_exactly(tree, tmp_path):
+    common = ["--method", "wf_pixdiff", "--shots", 4, "--seed", 3, "--normal", tree["normal"]]
+    r = invoke("score", *common, "--out", tmp_path / "score", "-q", tree["targets"])
+    assert r.exit_code == 0, r.output
+    r = invoke("fit", *common, "--out", tmp_path / "model")
+    assert r.exit_code == 0, r.output
+    r = invoke("predict", "--model", tmp_path / "model", "--out", tmp_path / "pred", "-q", tree["targets"])
+    assert r.exit_code == 0, r.output
+    a, b = read_scores(tmp_path / "score"), read_scores(tmp_path / "pred")
+    assert len(a) == 8 and a == b
+    assert {row["decision"] for row in a} <= {"normal", "anomalous"} and a[0]["decision"]
+    for row in a:
+        ma = np.load(tmp_path / "score" / "maps" / f"{row['name']}.npy")
+        mb = np.load(tmp_path / "pred" / "maps" / f"{row['name']}.npy")
+        assert ma.shape == (32, 32) and np.array_equal(ma, mb)
+        assert (tmp_path / "pred" / "overlays" / f"{row['name']}.png").is_file()
+    ra, rb = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("score", "pred"))
+    assert ra["threshold"] == rb["threshold"] and ra["threshold"]["source"] == "loo"
+    assert ra["references"] == rb["references"] and len(ra["references"]) == 4
+    assert ra["method"]["method"] == "wf_pixdiff"
+
+
+def test_references_listed_and_seeded(tree, tmp_path):
+    runs = {}
+    for seed in (0, 0, 1):
+        out = tmp_path / f"s{seed}"
+        assert invoke("score", "--method", "wf_pixdiff", "--shots", 3, "--seed", seed, "--normal", tree["normal"],
+                      "--out", out, "-q", tree["targets"]).exit_code == 0
+        runs.setdefault(seed, []).append(json.loads((out / "run.json").read_text())["references"])
+    assert runs[0][0] == runs[0][1] and runs[0][0] != runs[1][0]
+    assert all(Path(p).parent == tree["normal"] for p in runs[0][0])
+
+
+def test_unreadable_target_listed_and_run_continues(tree, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    r = invoke("score", "--method", "wf_pixdiff", "--shots", 2, "--normal", tree["normal"], "--out", out, "-q",
+               tree["targets"], bad)
+    assert r.exit_code == 0, r.output
+    assert len(read_scores(out)) == 8
+    errors = list(csv.DictReader((out / "errors.csv").open()))
+    assert [e["path"] for e in errors] == [str(bad)] and "not a readable image" in errors[0]["reason"]
+    assert "1 not scored" in r.output
+    assert str(bad) in (out / "report.html").read_text()
+    assert json.loads((out / "run.json").read_text())["n_errors"] == 1
+
+
+@pytest.mark.parametrize("case", ["no_targets", "empty_normal", "target_folder_without_images", "missing_target",
+                                  "zero_shots_few_shot_method", "too_many_shots", "no_normal"])
+def test_bad_inputs_are_one_line_errors(tree, tmp_path, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    base = ["score", "--method", "wf_pixdiff", "--out", tmp_path / "o"]
+    args, expect = {
+        "no_targets": ([*base, "--shots", 2, "--normal", tree["normal"]], "no TARGET given"),
+        "empty_normal": ([*base, "--shots", 2, "--normal", empty, tree["targets"]], "no images found"),
+        "target_folder_without_images": ([*base, "--shots", 2, "--normal", tree["normal"], empty], "no images found"),
+        "missing_target": ([*base, "--shots", 2, "--normal", tree["normal"], tmp_path / "nope"], "no such file"),
+        "zero_shots_few_shot_method": ([*base, "--shots", 0, tree["targets"]], "needs K >= 1"),
+        "too_many_shots": ([*base, "--shots", 99, "--normal", tree["normal"], tree["targets"]], "only 6 normal"),
+        "no_normal": ([*base, "--shots", 2, tree["targets"]], "needs --normal"),
+    }[case]
+    r = invoke(*args)
+    assert r.exit_code != 0
+    err = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(err) == 1 and expect in err[0], r.output
+    assert not (tmp_path / "o" / "scores.csv").exists()
+
+
+def test_zero_shot_without_threshold_gives_scores_only(tree, tmp_path):
+    out = tmp_path / "zs"
+    r = invoke("score", "--method", "wf_pixdiff0", "--shots", 0, "--out", out, "-q", tree["targets"])
+    assert r.exit_code == 0, r.output
+    assert "no threshold" in r.output and "scores only" in r.output
+    rows = read_scores(out)
+    assert len(rows) == 8 and all(row["decision"] == "" for row in rows)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["threshold"]["threshold"] is None and rec["threshold"]["source"] == "none"
+    assert "scores only" in (out / "report.html").read_text()
+
+
+def test_user_threshold_and_labels(tree, tmp_path):
+    out = tmp_path / "lab"
+    r = invoke("score", "--method", "wf_pixdiff", "--shots", 4, "--normal", tree["normal"], "--threshold", 0.3,
+               "--labels", tree["labels"], "--out", out, "-q", tree["targets"])
+    assert r.exit_code == 0, r.output
+    rows = read_scores(out)
+    assert {row["label"] for row in rows} == {"0", "1"}
+    for row in rows:
+        assert row["decision"] == ("anomalous" if float(row["score"]) >= 0.3 else "normal")
+    m = json.loads((out / "run.json").read_text())["metrics"]
+    assert m["n_labelled"] == 8 and m["n_anomalous"] == 4
+    assert m["image_auroc"] == pytest.approx(1.0)  # a bright square vs plain stripes: perfectly separable
+    assert m["true_positives"] + m["false_negatives"] == 4 and m["true_negatives"] + m["false_positives"] == 4
+    assert re.search(r"image AUROC over the 8 scored labelled images: 1\.0000", r.output)
+
+
+def test_predict_rejects_encoder_checksum_mismatch(tree, tmp_path):
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"original weights")
+    r = invoke("fit", "--method", "wf_pixdiff", "--shots", 2, "--normal", tree["normal"], "--weights", weights,
+               "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    assert invoke("predict", "--model", tmp_path / "m", "--out", tmp_path / "p1", "-q", tree["targets"]).exit_code == 0
+    weights.write_bytes(b"other weights")
+    r = invoke("predict", "--model", tmp_path / "m", "--out", tmp_path / "p2", "-q", tree["targets"])
+    assert r.exit_code != 0 and "encoder mismatch" in r.output and "sha256" in r.output
+    r = invoke("predict", "--model", tmp_path / "nomodel", "--out", tmp_path / "p3", tree["targets"])
+    assert r.exit_code != 0 and "not an fsiad model folder" in r.output
