@@ -189,6 +189,24 @@ class CLIPEncoder(Encoder):
         with torch.inference_mode(), self.autocast():
             return self.window_embeddings_from_tokens(self.embed_tokens(images), windows)
 
+    def encode_all(self, images: torch.Tensor, windows: Sequence[torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Image embedding, final patch tokens and window embeddings from one token embedding.
+
+        Args:
+            images: ``[N, 3, S, S]`` in ``[0, 1]``.
+            windows: one ``LongTensor[W_s, m_s]`` per window scale.
+
+        Returns:
+            ``(image [N, D], patches [N, h*w, width] after ln_post, [window [N, W_s, D]])``,
+            float32 on ``self.device``.
+        """
+        with torch.inference_mode(), self.autocast():
+            tokens = self.embed_tokens(images)
+            pooled, patches = self._encode_sequences(tokens)
+            wins = [self.window_embeddings_from_tokens(tokens, w) for w in windows]
+        return pooled.float(), patches.float(), wins
+
     def _patch_features(self, images: torch.Tensor, layers: Sequence[int | str]) -> list[torch.Tensor]:
         x = self.visual.ln_pre(self.embed_tokens(images))
         wanted, out = {int(layer) for layer in layers}, {}
