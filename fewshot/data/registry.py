@@ -1,0 +1,77 @@
+"""Registry of dataset readers: ``load_dataset(kind, root, categories)``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from fewshot.data.base import Category, DatasetError
+
+Loader = Callable[[Path | None, list[str] | None], list[Category]]
+_LOADERS: dict[str, Loader] = {}
+# Packages that register more kinds when imported (tried once when a kind is unknown).
+_PLUGINS = ("pointcloud",)
+
+
+def register_dataset(kind: str, loader: Loader) -> Loader:
+    """Register ``loader(root, categories) -> list[Category]`` under ``kind``."""
+    _LOADERS[kind] = loader
+    return loader
+
+
+def dataset_kinds() -> list[str]:
+    """Names of the registered dataset kinds."""
+    return sorted(_LOADERS)
+
+
+def load_dataset(
+    kind: str, root: str | Path | None, categories: list[str] | None = None
+) -> list[Category]:
+    """Load the categories of a dataset.
+
+    Args:
+        kind: registered kind (``mvtec``, ``visa``, ``folder``, ``textile``, ...).
+        root: dataset root (``None`` only for kinds with an embedded default, e.g. textile).
+        categories: subset of category names (``None`` = all, sorted by name).
+
+    Raises:
+        DatasetError: unknown kind, missing/empty root, unknown category, bad layout.
+    """
+    if kind not in _LOADERS:
+        for plugin in _PLUGINS:
+            try:
+                importlib.import_module(plugin)
+            except ImportError:
+                pass
+    if kind not in _LOADERS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; available: {', '.join(dataset_kinds())}")
+    if categories is not None:
+        categories = [c.strip() for c in categories if c.strip()]
+        if len(set(categories)) != len(categories):
+            raise DatasetError(f"duplicate categories in {categories}")
+    return _LOADERS[kind](Path(root).expanduser() if root is not None else None, categories or None)
+
+
+def select_categories(root: Path, available: list[str], wanted: list[str] | None) -> list[str]:
+    """Check ``wanted`` against ``available`` (sorted); ``None`` = all."""
+    if not available:
+        raise DatasetError(f"{root}: no categories found")
+    if wanted is None:
+        return sorted(available)
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise DatasetError(
+            f"{root}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+            f"available: {', '.join(sorted(available))}"
+        )
+    return list(wanted)
+
+
+def require_dir(path: Path, what: str = "folder") -> Path:
+    """Raise a one-line DatasetError if ``path`` is not an existing directory."""
+    if not path.exists():
+        raise DatasetError(f"{path}: {what} not found")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: not a folder")
+    return path

@@ -1,0 +1,250 @@
+"""Small synthetic datasets with exact masks, for tests and demos (no network, < 1 s).
+
+Two kinds of category, chosen by the category name's prefix:
+
+- ``texture*``: a woven pattern (product of sinusoids, period ``S/16``) with per-image phase,
+  colour, lighting and noise jitter. Defects: ``scratch`` (dark line, ~``S/40`` wide,
+  ``0.25-0.45 S`` long) and ``color`` (irregular blob of a foreign colour, radius
+  ``S/14-S/9``, keeps the weave shading).
+- ``object*``: a shaded ring with a dark tab on a grey background, with small pose
+  (translation ±3 %, rotation ±10°) and lighting jitter. Defects: ``missing`` (a bite of the
+  ring replaced by background) and ``contamination`` (dark irregular blob on the ring).
+
+Each defect changes exactly the pixels of its mask (no anti-aliasing), masks are 0/255 PNG
+(VisA variant: class indices 1, 2). Everything is deterministic per ``seed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFECTS = {"texture": ("scratch", "color"), "object": ("missing", "contamination")}
+
+
+def _kind(name: str) -> str:
+    for kind in DEFECTS:
+        if name.startswith(kind):
+            return kind
+    raise ValueError(f"synthetic category {name!r} must start with one of {sorted(DEFECTS)}")
+
+
+def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    return y, x
+
+
+def _blob(rng: np.random.Generator, s: int, cy: float, cx: float, r: float) -> np.ndarray:
+    """Irregular blob: a disc whose radius is modulated by a few random harmonics."""
+    y, x = _grid(s)
+    ang = np.arctan2(y - cy, x - cx)
+    rad = np.full_like(ang, r)
+    for k in (2, 3, 5):
+        rad += r * rng.uniform(0.05, 0.2) * np.cos(k * ang + rng.uniform(0, 2 * np.pi))
+    return np.hypot(y - cy, x - cx) <= rad
+
+
+def _segment(s: int, p0: np.ndarray, p1: np.ndarray, width: float) -> np.ndarray:
+    """Pixels within ``width / 2`` of the segment p0-p1 (points as (y, x))."""
+    y, x = _grid(s)
+    d = p1 - p0
+    t = np.clip(((y - p0[0]) * d[0] + (x - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
+    return np.hypot(y - (p0[0] + t * d[0]), x - (p0[1] + t * d[1])) <= width / 2
+
+
+def _texture(rng: np.random.Generator, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normal texture image float [S,S,3] in [0,255] and its weave shading [S,S]."""
+    y, x = _grid(s)
+    period = s / 16
+    py, px = rng.uniform(0, 2 * np.pi, 2)
+    weave = np.sin(2 * np.pi * x / period + px) * np.sin(2 * np.pi * y / period + py)
+    light = 1 + rng.uniform(-0.06, 0.06) * (x / s - 0.5) + rng.uniform(-0.06, 0.06) * (y / s - 0.5)
+    shade = (0.8 + 0.2 * weave) * light * rng.uniform(0.93, 1.07)
+    base = np.array([150, 125, 95], np.float32) + rng.normal(0, 4, 3)
+    img = shade[..., None] * base + rng.normal(0, 5, (s, s, 3))
+    return img, shade
+
+
+def _texture_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    img, shade = _texture(rng, s)
+    mask = np.zeros((s, s), bool)
+    if defect == "scratch":
+        p0 = rng.uniform(0.2 * s, 0.8 * s, 2)
+        ang, length = rng.uniform(0, np.pi), rng.uniform(0.25, 0.45) * s
+        p1 = np.clip(p0 + length * np.array([np.sin(ang), np.cos(ang)]), 0, s - 1)
+        mask = _segment(s, p0, p1, max(2.0, s / 40))
+        img[mask] *= 0.35
+    elif defect == "color":
+        mask = _blob(rng, s, *rng.uniform(0.25 * s, 0.75 * s, 2), rng.uniform(s / 14, s / 9))
+        colour = np.array([60, 90, 200], np.float32) + rng.normal(0, 10, 3)
+        img[mask] = shade[mask, None] * colour + rng.normal(0, 5, (int(mask.sum()), 3))
+    return img, mask
+
+
+def _object_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    y, x = _grid(s)
+    bg = np.array([70, 72, 75], np.float32) * (1 + 0.1 * (y / s - 0.5))[..., None]
+    cy, cx = s / 2 + rng.uniform(-0.03, 0.03, 2) * s
+    rot = np.deg2rad(rng.uniform(-10, 10))
+    r = np.hypot(y - cy, x - cx)
+    ring = (r <= 0.32 * s) & (r >= 0.12 * s)
+    ang = np.arctan2(y - cy, x - cx)
+    tab = ring & (np.abs((ang - rot + np.pi) % (2 * np.pi) - np.pi) < 0.25) & (r > 0.26 * s)
+    shade = 1.0 - 0.35 * ((x - cx) + (y - cy)) / (0.64 * s)  # light from the top left
+    metal = np.array([200, 195, 185], np.float32) * rng.uniform(0.92, 1.08)
+    img = np.where(ring[..., None], shade[..., None] * metal, bg)
+    img[tab] *= 0.45
+    img += rng.normal(0, 4, (s, s, 3))
+    mask = np.zeros((s, s), bool)
+    if defect == "missing":
+        a = rng.uniform(0, 2 * np.pi)
+        bite = _blob(rng, s, cy + 0.32 * s * np.sin(a), cx + 0.32 * s * np.cos(a), rng.uniform(0.09, 0.13) * s)
+        mask = bite & ring
+        img[mask] = bg[mask] + rng.normal(0, 4, (int(mask.sum()), 3))
+    elif defect == "contamination":
+        a, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.17, 0.27) * s
+        blob = _blob(rng, s, cy + rr * np.sin(a), cx + rr * np.cos(a), rng.uniform(s / 16, s / 11))
+        mask = blob & ring
+        img[mask] = np.array([45, 35, 25], np.float32) + rng.normal(0, 6, (int(mask.sum()), 3))
+    return img, mask
+
+
+_SAMPLERS: dict[str, Callable[[np.random.Generator, int, str | None], tuple[np.ndarray, np.ndarray]]] = {
+    "texture": _texture_sample,
+    "object": _object_sample,
+}
+
+
+def render_category(
+    name: str, image_size: int, n_train: int, n_test_good: int, n_test_defect: int, seed: int
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Render one category in memory.
+
+    Returns:
+        ``{"train": [...], "good": [...], <defect>: [...]}`` of ``(uint8 [S,S,3], bool [S,S])``;
+        test defects are distributed round-robin over the category's defect types.
+    """
+    kind = _kind(name)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    sample = _SAMPLERS[kind]
+
+    def draw(defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+        img, mask = sample(rng, image_size, defect)
+        return np.clip(np.round(img), 0, 255).astype(np.uint8), mask
+
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [draw(None) for _ in range(n_train)]}
+    out["good"] = [draw(None) for _ in range(n_test_good)]
+    for i in range(n_test_defect):
+        d = DEFECTS[kind][i % len(DEFECTS[kind])]
+        out.setdefault(d, []).append(draw(d))
+    return out
+
+
+def _save(path: Path, arr: np.ndarray, **kw) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        kw.setdefault("compress_level", 1)  # fast; noisy images barely compress anyway
+    Image.fromarray(arr).save(path, **kw)
+    return str(path)
+
+
+def make_mvtec_dataset(
+    root: str | Path,
+    categories: Sequence[str] = ("texture", "object"),
+    image_size: int = 128,
+    n_train: int = 8,
+    n_test_good: int = 6,
+    n_test_defect: int = 6,
+    seed: int = 0,
+) -> Path:
+    """Write MVTec AD-layout categories (``train/good``, ``test/*``, ``ground_truth/*/<stem>_mask.png``).
+
+    Returns:
+        ``root`` (holding one folder per category).
+    """
+    root = Path(root)
+    for name in categories:
+        parts = render_category(name, image_size, n_train, n_test_good, n_test_defect, seed)
+        cat = root / name
+        for i, (img, _) in enumerate(parts.pop("train")):
+            _save(cat / "train" / "good" / f"{i:03d}.png", img)
+        for group, items in parts.items():
+            for i, (img, mask) in enumerate(items):
+                _save(cat / "test" / group / f"{i:03d}.png", img)
+                if group != "good":
+                    _save(cat / "ground_truth" / group / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+    return root
+
+
+def make_visa_dataset(
+    root: str | Path,
+    categories: Sequence[str] = ("texture", "object"),
+    image_size: int = 128,
+    n_train: int = 8,
+    n_test_good: int = 6,
+    n_test_defect: int = 6,
+    seed: int = 0,
+) -> Path:
+    """Write the raw VisA layout (``Data/Images/{Normal,Anomaly}``, ``Data/Masks/Anomaly``) plus
+    ``split_csv/1cls.csv``. Images are JPEG (quality 95), masks PNG with class indices 1, 2, ...
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    rows = []
+    for name in categories:
+        parts = render_category(name, image_size, n_train, n_test_good, n_test_defect, seed)
+        data = root / name / "Data"
+        normals = [("train", img) for img, _ in parts.pop("train")] + [("test", img) for img, _ in parts.pop("good")]
+        for i, (split, img) in enumerate(normals):
+            _save(data / "Images" / "Normal" / f"{i:04d}.JPG", img, quality=95)
+            rows.append([name, split, "normal", f"{name}/Data/Images/Normal/{i:04d}.JPG", ""])
+        j = 0
+        for cls, items in enumerate(parts.values(), start=1):
+            for img, mask in items:
+                _save(data / "Images" / "Anomaly" / f"{j:04d}.JPG", img, quality=95)
+                _save(data / "Masks" / "Anomaly" / f"{j:04d}.png", mask.astype(np.uint8) * cls)
+                rows.append(
+                    [name, "test", "anomaly", f"{name}/Data/Images/Anomaly/{j:04d}.JPG", f"{name}/Data/Masks/Anomaly/{j:04d}.png"]
+                )
+                j += 1
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    with open(root / "split_csv" / "1cls.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["object", "split", "label", "image", "mask"])
+        w.writerows(rows)
+    return root
+
+
+def make_folder_dataset(
+    root: str | Path,
+    category: str = "texture",
+    image_size: int = 128,
+    n_train: int = 8,
+    n_test_good: int = 6,
+    n_test_defect: int = 6,
+    seed: int = 0,
+    masks: bool = True,
+) -> Path:
+    """Write one generic folder-dataset category at ``root`` (``normal/``, ``test/good``,
+    ``test/<defect>``, and with ``masks`` ``masks/<defect>/<stem>.png``).
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    parts = render_category(category, image_size, n_train, n_test_good, n_test_defect, seed)
+    for i, (img, _) in enumerate(parts.pop("train")):
+        _save(root / "normal" / f"n{i:03d}.png", img)
+    for group, items in parts.items():
+        for i, (img, mask) in enumerate(items):
+            _save(root / "test" / group / f"{group}_{i:03d}.png", img)
+            if masks and group != "good":
+                _save(root / "masks" / group / f"{group}_{i:03d}.png", mask.astype(np.uint8) * 255)
+    return root
