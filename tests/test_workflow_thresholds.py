@@ -1,0 +1,71 @@
+"""Threshold rules and leave-one-out calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fewshot.data.base import Sample
+from fewshot.methods import MethodConfig, create_method
+from fewshot.workflow.runner import decision, fit_references
+from fewshot.workflow.thresholds import ThresholdRule, calibrate_loo, loo_unavailable_reason
+from tests.workflow_helpers import loo_scores_numpy, register_test_methods, write_images
+
+
+def test_rule_parse_and_apply():
+    s = [0.2, 0.4, 0.9, 0.5]
+    assert ThresholdRule.parse("max").apply(s) == 0.9
+    r = ThresholdRule.parse(" Mean+2.5STD ")
+    assert str(r) == "mean+2.5std"
+    assert r.apply(s) == pytest.approx(np.mean(s) + 2.5 * np.std(s))
+    assert ThresholdRule.parse("mean+0std").apply(s) == pytest.approx(0.5)
+    for bad in ("median", "mean+std", "mean-3std", ""):
+        with pytest.raises(ValueError, match="unknown threshold rule"):
+            ThresholdRule.parse(bad)
+    with pytest.raises(ValueError):
+        ThresholdRule().apply([])
+
+
+def test_decision_at_threshold():
+    assert decision(0.5, 0.5) == "anomalous" and decision(0.49, 0.5) == "normal" and decision(9.0, None) is None
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory) -> list[Sample]:
+    register_test_methods()
+    paths = write_images(tmp_path_factory.mktemp("refs"), 5, False, seed=7)
+    return [Sample(p, 0) for p in paths]
+
+
+@pytest.mark.parametrize("rule", ["max", "mean+3std"])
+def test_loo_scores_match_independent_computation(refs, rule):
+    m = create_method("wf_pixdiff", MethodConfig())
+    cal = calibrate_loo(m, refs, ThresholdRule.parse(rule))
+    expected = loo_scores_numpy([r.path for r in refs])
+    assert cal.source == "loo" and cal.rule == rule
+    np.testing.assert_allclose(cal.loo_scores, expected, rtol=1e-5, atol=1e-6)
+    want = max(expected) if rule == "max" else np.mean(expected) + 3 * np.std(expected)
+    assert cal.threshold == pytest.approx(want, rel=1e-5)
+    assert "leave-one-out" in cal.description and rule in cal.description
+
+
+def test_fit_references_refits_on_all_refs(refs):
+    m = create_method("wf_pixdiff", MethodConfig())
+    cal, _ = fit_references(m, refs, seed=0)
+    full = m.prepare(refs).mean(0)  # after calibration the method holds the K-reference model
+    assert np.allclose(m.mean.numpy(), full.numpy())
+    assert cal.threshold is not None
+    cal_user, _ = fit_references(m, refs, threshold=0.25)
+    assert cal_user.source == "user" and cal_user.threshold == 0.25 and cal_user.loo_scores == []
+
+
+def test_loo_unavailable_cases(refs):
+    few = create_method("wf_pixdiff", MethodConfig())
+    zero = create_method("wf_pixdiff0", MethodConfig())
+    assert "at least 2" in loo_unavailable_reason(few, 1)
+    assert loo_unavailable_reason(few, 2) is None
+    assert loo_unavailable_reason(zero, 1) is None and "at least 1" in loo_unavailable_reason(zero, 0)
+    cal = calibrate_loo(few, refs[:1], ThresholdRule())
+    assert cal.threshold is None and cal.source == "none" and "scores only" in cal.description
+    cal0 = calibrate_loo(zero, refs[:1], ThresholdRule())  # one reference: held out -> zero-shot model
+    np.testing.assert_allclose(cal0.loo_scores, [float(zero.fit(None).predict(zero.prepare(refs[:1])).image_scores[0])])
