@@ -1,0 +1,19 @@
+"""fsiad point-cloud branch: MVTec 3D-AD data, BTF cleaning, FPFH + 2D fusion, inspection.
+
+Importing this package registers the dataset kind ``mvtec3d`` and the methods ``btf``,
+``fpfh``, ``rgb`` and ``depth``.
+"""
+
+from pointcloud import data, methods  # noqa: F401  (registration side effects)
+from pointcloud.batch import RGBDBatch, build_batch
+from pointcloud.cleaning import CleaningParams, cleaned_cloud
+from pointcloud.data import folder_samples, load_mvtec3d, rgbd_sample
+from pointcloud.features import FPFHParams, fpfh_organized, organize_points, pool_to_grid
+from pointcloud.io import PointCloudError, read_point_file, read_xyz_tiff, write_ply
+from pointcloud.methods import RGBDMethod
+
+__all__ = [
+    "CleaningParams", "FPFHParams", "PointCloudError", "RGBDBatch", "RGBDMethod", "build_batch", "cleaned_cloud",
+    "folder_samples", "fpfh_organized", "load_mvtec3d", "organize_points", "pool_to_grid", "read_point_file",
+    "read_xyz_tiff", "rgbd_sample", "write_ply",
+]
