@@ -49,7 +49,7 @@ class Preprocess:
         side = self.resize_side
         out = []
         for img in images:
-            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+            t = torch.from_numpy(np.require(img, np.uint8, ['C', 'W'])).permute(2, 0, 1)[None].float() / 255.0
             kw = {"antialias": True} if self.interpolation != "nearest" else {}
             if self.interpolation != "nearest":
                 kw["align_corners"] = False
@@ -65,7 +65,7 @@ class Preprocess:
             if m is None:
                 out.append(torch.zeros(1, self.size, self.size, dtype=torch.bool))
                 continue
-            t = torch.from_numpy(np.ascontiguousarray(m)).float()[None, None]
+            t = torch.from_numpy(np.require(m, None, ['C', 'W'])).float()[None, None]
             t = F.interpolate(t, size=(side, side), mode="nearest")
             out.append(self._crop(t)[0] > 0.5)
         return torch.cat(out) if out else torch.empty(0, self.size, self.size, dtype=torch.bool)

@@ -1,0 +1,67 @@
+"""ResultsStore: schema, aggregation over seeds/categories, atomic rewrite and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fewshot.evaluation.results import METRICS, ResultsStore
+
+
+def _row(cat: str, k, seed: int, base: float) -> dict:
+    row = {"category": cat, "shots": k, "seed": seed, "n_test": 10, "n_anomalous": 5}
+    for i, m in enumerate(METRICS):
+        row[m] = base + 0.01 * i
+    return row
+
+
+def test_summary_schema_and_statistics(tmp_path):
+    store = ResultsStore(tmp_path, {"method": "m", "dataset": "d", "config_fingerprint": "x"})
+    store.add(_row("a", 1, 0, 0.80), ["a0.png"])
+    store.add(_row("a", 1, 1, 0.90), ["a1.png"])
+    store.add(_row("b", 1, 0, 0.60), ["b0.png"])
+    store.add(_row("b", 1, 1, 0.70), ["b1.png"])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert set(doc) == {"meta", "categories", "mean"}
+    a = doc["categories"]["a"]["shots"]["1"]["image_auroc"]
+    assert a["mean"] == pytest.approx(0.85) and a["std"] == pytest.approx(0.05)
+    # mean over categories per seed (0.70, 0.80), then mean/std over seeds
+    mean = doc["mean"]["1"]["image_auroc"]
+    assert mean["mean"] == pytest.approx(np.mean([0.7, 0.8]))
+    assert mean["std"] == pytest.approx(np.std([0.7, 0.8]))
+    assert set(doc["mean"]["1"]) == set(METRICS)
+    assert doc["meta"]["references"]["b"]["1"]["1"] == ["b1.png"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| a |" in md and "**mean**" in md and "85.0±5.0" in md
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[0]["references"] == "a0.png"
+
+
+def test_missing_pixel_metrics_are_null(tmp_path):
+    store = ResultsStore(tmp_path, {"method": "m", "dataset": "d"})
+    row = _row("t", 0, 0, 0.5)
+    for m in METRICS[3:]:
+        row[m] = None
+    store.add(row, [])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["categories"]["t"]["shots"]["0"]["pixel_aupro"] == {"mean": None, "std": None}
+    assert doc["mean"]["0"]["image_auroc"]["mean"] == pytest.approx(0.5)
+
+
+def test_resume_keeps_rows_and_rejects_other_runs(tmp_path):
+    meta = {"method": "m", "dataset": "d", "config_fingerprint": "abc"}
+    store = ResultsStore(tmp_path, dict(meta))
+    store.add(_row("a", 4, 0, 0.8), ["x.png"])
+    again = ResultsStore(tmp_path, dict(meta))
+    assert again.done("a", 4, 0) and not again.done("a", 4, 1)
+    again.add(_row("a", 4, 1, 0.9), ["y.png"])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["categories"]["a"]["shots"]["4"]["image_auroc"]["mean"] == pytest.approx(0.85)
+    assert doc["meta"]["references"]["a"]["4"] == {"0": ["x.png"], "1": ["y.png"]}
+    with pytest.raises(RuntimeError, match="another run"):
+        ResultsStore(tmp_path, {**meta, "config_fingerprint": "other"})
+    assert not list(tmp_path.glob(".*tmp*"))
