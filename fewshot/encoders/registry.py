@@ -65,7 +65,7 @@ def get_entry(name: str) -> EncoderEntry:
 def create_encoder(name: str, *, weights: str | Path | None = None, device: str = "cpu",
                    precision: str = "fp32", image_size: int | None = None,
                    allow_random: bool = False) -> Encoder:
-    """Build an encoder in eval mode on ``device``.
+    """Build a frozen encoder (eval mode, ``requires_grad=False``) on ``device``.
 
     Args:
         name: registry name (see ``encoder_names()``).
@@ -85,7 +85,7 @@ def create_encoder(name: str, *, weights: str | Path | None = None, device: str 
     else:
         info = resolve_weights(entry.spec, weights)
         enc = entry.factory(info, device=device, precision=precision, image_size=image_size)
-    return enc.to(device).eval()
+    return enc.to(device).eval().requires_grad_(False)
 
 
 def encoder_status(name: str) -> dict:
