@@ -12,7 +12,7 @@ from fewshot.data.base import DatasetError
 
 
 @click.command("eval")
-@click.option("--method", "-m", required=True, help="Method name (see `fsiad eval --list`).")
+@click.option("--method", "-m", required=True, help="Method name (see `fsiad methods`).")
 @click.option("--dataset", "-d", required=True, help="Dataset kind: mvtec, visa, folder, textile, mvtec3d, ...")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Dataset root (not needed for the embedded textile set).")
@@ -61,4 +61,17 @@ def import_plugins() -> None:
     import pointcloud  # noqa: F401  (registers methods and datasets on import)
 
 
-commands = [eval_command]
+@click.command("methods")
+def methods_command() -> None:
+    """List the registered methods with their regime and summary."""
+    from fewshot.methods import method_class, method_names
+
+    import_plugins()
+    for name in method_names():
+        cls = method_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        kind = "zero-shot-transductive" if cls.transductive else cls.regime
+        click.echo(f"{name:16s} {kind:24s} {doc[0] if doc else ''}")
+
+
+commands = [eval_command, methods_command]

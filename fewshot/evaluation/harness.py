@@ -229,7 +229,7 @@ def _record_method_meta(meta: dict[str, Any], method: AnomalyMethod, shots: int 
     d = method.describe()
     pre = d.get("preprocess") or method.preprocess.describe()
     meta["regime_by_shots"] = {**meta.get("regime_by_shots", {}), shots_key(shots): d.get("regime", method.regime)}
-    meta["regime"] = sorted(set(meta["regime_by_shots"].values()))
+    meta["regime"] = ", ".join(sorted(set(meta["regime_by_shots"].values())))
     meta["method_description"] = d
     flat = {**d, **d["encoder"]} if isinstance(d.get("encoder"), dict) else d
     for key in ("encoder", "weights_source", "weights_path", "weights_checksum", "precision", "device"):
