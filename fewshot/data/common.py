@@ -44,13 +44,17 @@ def index_masks(folder: Path) -> dict[str, Path]:
     return index
 
 
-def match_masks(images: list[Path], masks: dict[str, Path], folder: Path, strict_orphans: bool = True) -> list[Path]:
+def match_masks(
+    images: list[Path], masks: dict[str, Path], folder: Path, strict_orphans: bool = True
+) -> list[Path]:
     """Return the mask of every image (by stem); missing masks and (optionally) orphan masks raise."""
     out = []
     for img in images:
         m = masks.get(img.stem)
         if m is None:
-            raise DatasetError(f"{img}: no mask in {folder} (expected {img.stem}_mask.png or {img.stem}.<ext>)")
+            raise DatasetError(
+                f"{img}: no mask in {folder} (expected {img.stem}_mask.png or {img.stem}.<ext>)"
+            )
         out.append(m)
     if strict_orphans:
         stems = {img.stem for img in images}

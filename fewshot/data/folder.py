@@ -32,7 +32,9 @@ def read_folder_category(cat: Path) -> Category:
     """Read one generic folder category."""
     pool = _pool_dir(cat)
     if pool is None:
-        raise DatasetError(f"{cat}: no normal/ folder (folder dataset layout: normal/, test/, optional masks/)")
+        raise DatasetError(
+            f"{cat}: no normal/ folder (folder dataset layout: normal/, test/, optional masks/)"
+        )
     train_files = list_images(pool)
     if pool.name == "train" and not train_files:  # train/good style
         train_files = [p for n in NORMAL_NAMES for p in list_images(pool / n, required=False)]
@@ -43,7 +45,9 @@ def read_folder_category(cat: Path) -> Category:
     mask_dir = cat / "masks"
     has_masks = mask_dir.is_dir()
     flat = index_masks(mask_dir) if has_masks else {}
-    groups: list[tuple[Path, int | None, str]] = [(p, None, "unknown") for p in list_images(test_dir, required=False)]
+    groups: list[tuple[Path, int | None, str]] = [
+        (p, None, "unknown") for p in list_images(test_dir, required=False)
+    ]
     for d in sorted(x for x in test_dir.iterdir() if x.is_dir() and not x.name.startswith(".")):
         normal = d.name in NORMAL_NAMES
         groups += [(p, 0 if normal else 1, "good" if normal else d.name) for p in list_images(d)]

@@ -10,8 +10,8 @@ from fewshot.data.base import Category, DatasetError
 
 Loader = Callable[[Path | None, list[str] | None], list[Category]]
 _LOADERS: dict[str, Loader] = {}
-# Packages that register more kinds when imported (tried once when a kind is unknown).
-_PLUGINS = ("pointcloud",)
+# Kinds registered by other packages on import: kind -> package imported on first use.
+_PLUGIN_KINDS = {"mvtec3d": "pointcloud"}
 
 
 def register_dataset(kind: str, loader: Loader) -> Loader:
@@ -22,12 +22,10 @@ def register_dataset(kind: str, loader: Loader) -> Loader:
 
 def dataset_kinds() -> list[str]:
     """Names of the registered dataset kinds."""
-    return sorted(_LOADERS)
+    return sorted(set(_LOADERS) | set(_PLUGIN_KINDS))
 
 
-def load_dataset(
-    kind: str, root: str | Path | None, categories: list[str] | None = None
-) -> list[Category]:
+def load_dataset(kind: str, root: str | Path | None, categories: list[str] | None = None) -> list[Category]:
     """Load the categories of a dataset.
 
     Args:
@@ -38,12 +36,13 @@ def load_dataset(
     Raises:
         DatasetError: unknown kind, missing/empty root, unknown category, bad layout.
     """
-    if kind not in _LOADERS:
-        for plugin in _PLUGINS:
-            try:
-                importlib.import_module(plugin)
-            except ImportError:
-                pass
+    if kind not in _LOADERS and kind in _PLUGIN_KINDS:
+        try:
+            importlib.import_module(_PLUGIN_KINDS[kind])
+        except ImportError as exc:
+            raise DatasetError(
+                f"dataset kind {kind!r} needs package {_PLUGIN_KINDS[kind]!r}: {exc}"
+            ) from None
     if kind not in _LOADERS:
         raise DatasetError(f"unknown dataset kind {kind!r}; available: {', '.join(dataset_kinds())}")
     if categories is not None:

@@ -98,12 +98,13 @@ def _object_sample(rng: np.random.Generator, s: int, defect: str | None) -> tupl
     shade = 1.0 - 0.35 * ((x - cx) + (y - cy)) / (0.64 * s)  # light from the top left
     metal = np.array([200, 195, 185], np.float32) * rng.uniform(0.92, 1.08)
     img = np.where(ring[..., None], shade[..., None] * metal, bg)
-    img[tab] *= 0.45
+    img[tab] *= 0.65
     img += rng.normal(0, 4, (s, s, 3))
     mask = np.zeros((s, s), bool)
     if defect == "missing":
         a = rng.uniform(0, 2 * np.pi)
-        bite = _blob(rng, s, cy + 0.32 * s * np.sin(a), cx + 0.32 * s * np.cos(a), rng.uniform(0.09, 0.13) * s)
+        rr = 0.3 * s  # centred near the outer rim: bites a notch out of the ring
+        bite = _blob(rng, s, cy + rr * np.sin(a), cx + rr * np.cos(a), rng.uniform(0.1, 0.14) * s)
         mask = bite & ring
         img[mask] = bg[mask] + rng.normal(0, 4, (int(mask.sum()), 3))
     elif defect == "contamination":
@@ -201,7 +202,9 @@ def make_visa_dataset(
     for name in categories:
         parts = render_category(name, image_size, n_train, n_test_good, n_test_defect, seed)
         data = root / name / "Data"
-        normals = [("train", img) for img, _ in parts.pop("train")] + [("test", img) for img, _ in parts.pop("good")]
+        normals = [("train", img) for img, _ in parts.pop("train")] + [
+            ("test", img) for img, _ in parts.pop("good")
+        ]
         for i, (split, img) in enumerate(normals):
             _save(data / "Images" / "Normal" / f"{i:04d}.JPG", img, quality=95)
             rows.append([name, split, "normal", f"{name}/Data/Images/Normal/{i:04d}.JPG", ""])
@@ -211,7 +214,13 @@ def make_visa_dataset(
                 _save(data / "Images" / "Anomaly" / f"{j:04d}.JPG", img, quality=95)
                 _save(data / "Masks" / "Anomaly" / f"{j:04d}.png", mask.astype(np.uint8) * cls)
                 rows.append(
-                    [name, "test", "anomaly", f"{name}/Data/Images/Anomaly/{j:04d}.JPG", f"{name}/Data/Masks/Anomaly/{j:04d}.png"]
+                    [
+                        name,
+                        "test",
+                        "anomaly",
+                        f"{name}/Data/Images/Anomaly/{j:04d}.JPG",
+                        f"{name}/Data/Masks/Anomaly/{j:04d}.png",
+                    ]
                 )
                 j += 1
     (root / "split_csv").mkdir(parents=True, exist_ok=True)

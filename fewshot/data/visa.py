@@ -26,12 +26,16 @@ _COLUMNS = ("object", "split", "label", "image", "mask")
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
     if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: VisA split file not found (expected split_csv/1cls.csv under the root)")
+        raise DatasetError(
+            f"{csv_path}: VisA split file not found (expected split_csv/1cls.csv under the root)"
+        )
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DatasetError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected {','.join(_COLUMNS)}")
+            raise DatasetError(
+                f"{csv_path}: missing column(s) {', '.join(missing)}; expected {','.join(_COLUMNS)}"
+            )
         rows = [{k: (v or "").strip() for k, v in r.items() if k} for r in reader]
     if not rows:
         raise DatasetError(f"{csv_path}: no rows")

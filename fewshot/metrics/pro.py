@@ -86,7 +86,9 @@ def aupro_from(st: SweepStats, fpr_limit: float = 0.3) -> float:
     return float(area / fpr_limit)
 
 
-def _check_maps(maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _check_maps(
+    maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     a, m = to_numpy(maps, "anomaly maps"), to_bool(masks, "masks")
     if a.ndim != 3 or a.shape != m.shape:
         raise ValueError(f"maps and masks must both be [N, H, W], got {a.shape} and {m.shape}")
@@ -111,7 +113,10 @@ def aupro(maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, fpr
 
 
 def aupro_cflow(
-    maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, max_step: int = 200, expect_fpr: float = 0.3
+    maps: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    max_step: int = 200,
+    expect_fpr: float = 0.3,
 ) -> float:
     """cflow-style PRO score (APRIL-GAN/AnomalyCLIP/MuSc tables), NOT the official AUPRO.
 
