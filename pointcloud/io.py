@@ -109,15 +109,53 @@ def read_point_file(path: str | Path, min_points: int = 1) -> tuple[np.ndarray, 
     return pts[ok], (cols[ok] if cols is not None else None)
 
 
-def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> Path:
-    """Write points ``[P, 3]`` with optional colours ``[P, 3]`` in ``[0, 1]`` as a binary ``.ply``."""
-    import open3d as o3d
+def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None,
+              scores: np.ndarray | None = None) -> Path:
+    """Write a binary little-endian ``.ply``.
 
+    Args:
+        points: ``[P, 3]`` coordinates.
+        colors: optional ``[P, 3]`` in ``[0, 1]`` (stored as uchar ``red green blue``).
+        scores: optional ``[P]`` stored as a float property ``anomaly_score`` (a scalar field
+            in CloudCompare / MeshLab; open3d ignores it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64)))
+    pts = np.asarray(points, np.float32).reshape(-1, 3)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if colors is not None:
-        pcd.colors = o3d.utility.Vector3dVector(np.clip(np.asarray(colors, dtype=np.float64), 0, 1))
-    if not o3d.io.write_point_cloud(str(path), pcd, write_ascii=False):
-        raise OSError(f"{path}: open3d could not write the point cloud")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    if scores is not None:
+        fields.append(("anomaly_score", "<f4"))
+    rec = np.empty(len(pts), dtype=fields)
+    rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    if colors is not None:
+        c = (np.clip(np.asarray(colors, np.float32).reshape(-1, 3), 0, 1) * 255 + 0.5).astype(np.uint8)
+        rec["red"], rec["green"], rec["blue"] = c[:, 0], c[:, 1], c[:, 2]
+    if scores is not None:
+        rec["anomaly_score"] = np.asarray(scores, np.float32).reshape(-1)
+    types = {"<f4": "float", "u1": "uchar"}
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
+    header += [f"property {types[t]} {n}" for n, t in fields] + ["end_header", ""]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write("\n".join(header).encode("ascii"))
+        fh.write(rec.tobytes())
+    tmp.replace(path)
     return path
+
+
+def read_ply_vertices(path: str | Path) -> np.ndarray:
+    """Vertices of a binary little-endian ``.ply`` written by ``write_ply`` as a structured array."""
+    path = Path(path)
+    data = path.read_bytes()
+    end = data.find(b"end_header\n")
+    if not data.startswith(b"ply") or end < 0:
+        raise PointCloudError(f"{path}: not a PLY file")
+    lines = data[:end].decode("ascii", "replace").splitlines()
+    if "format binary_little_endian 1.0" not in lines:
+        raise PointCloudError(f"{path}: only binary little-endian PLY is supported here")
+    types = {"float": "<f4", "uchar": "u1", "double": "<f8", "int": "<i4"}
+    n = next(int(ln.split()[2]) for ln in lines if ln.startswith("element vertex"))
+    fields = [(ln.split()[2], types[ln.split()[1]]) for ln in lines if ln.startswith("property ")]
+    return np.frombuffer(data, dtype=fields, count=n, offset=end + len(b"end_header\n"))
