@@ -21,8 +21,8 @@ def package_path(module: str, rel: str) -> Path:
     pytest.skip(f"package {module} with {rel} is not installed (scripts/setup.sh installs it)")
 
 
-@pytest.fixture
-def fsiad_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture(name="fsiad_home")
+def fsiad_home_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty ``FSIAD_HOME`` in ``tmp_path`` with every hub offline."""
     monkeypatch.setenv("FSIAD_HOME", str(tmp_path / "fsiad"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

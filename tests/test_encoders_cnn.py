@@ -11,7 +11,7 @@ import torch
 from fewshot.encoders import create_encoder
 from fewshot.encoders.checkpoint import read_state_dict
 from fewshot.encoders.cnn import lite0_keys_to_timm
-from tests.encoders_helpers import LITE0_REL, fsiad_home, package_path  # noqa: F401
+from tests.encoders_helpers import LITE0_REL, fsiad_home_fixture, package_path  # noqa: F401
 
 
 @pytest.mark.needs_weights
@@ -83,4 +83,3 @@ def test_mae_vit_tokens_match_timm(fsiad_home: Path) -> None:
         ref = enc.vit.forward_features(enc.normalize(x))  # timm's own path: blocks + final norm
     torch.testing.assert_close(last, ref[:, 1:].reshape(1, 14, 14, 768), rtol=0, atol=1e-5)
     torch.testing.assert_close(enc.image_embedding(x), ref[:, 0], rtol=0, atol=1e-5)
-    assert enc.patch_features(torch.rand(1, 3, 160, 160))[0].shape == (1, 10, 10, 768)

@@ -12,7 +12,7 @@ from fewshot.encoders import create_encoder
 from fewshot.encoders.checkpoint import load_strict
 from fewshot.encoders.dinov2_onnx import onnx_backbone_state_dict
 from fewshot.encoders.vit_dinov2 import ARCHS, DinoV2ViT, canonical_keys
-from tests.encoders_helpers import ONNX_REL, fsiad_home, package_path  # noqa: F401
+from tests.encoders_helpers import ONNX_REL, fsiad_home_fixture, package_path  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,12 @@ def test_original_dinov2_key_names_roundtrip() -> None:
     assert set(mapped) == set(sd)
     for k in sd:
         torch.testing.assert_close(mapped[k], sd[k], rtol=0, atol=0)
+
+
+def test_bf16_autocast_close_to_fp32(fsiad_home: Path) -> None:
+    x = torch.rand(1, 3, 56, 56)
+    ref = create_encoder("dinov2_vits14", allow_random=True, image_size=56).patch_features(x)[0]
+    low = create_encoder("dinov2_vits14", allow_random=True, image_size=56, precision="bf16").patch_features(x)[0]
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # autocast really ran in bf16
+    cos = torch.nn.functional.cosine_similarity(low.flatten(0, 2), ref.flatten(0, 2), dim=-1)
+    assert cos.min() > 0.98

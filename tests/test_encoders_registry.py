@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_names, encoder_status
-from tests.encoders_helpers import fsiad_home  # noqa: F401
+from tests.encoders_helpers import fsiad_home_fixture  # noqa: F401
 
 
 def test_names_and_unknown_encoder() -> None:

