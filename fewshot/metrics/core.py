@@ -3,8 +3,8 @@
 Every ranking metric here (AUROC, AP, F1-max, official AUPRO) only needs, for each distinct
 *positive* score ``u_j`` (ascending), how many negatives lie strictly between ``u_{j-1}``
 and ``u_j`` and how many equal ``u_j``. The positives (anomalous pixels, usually a few %)
-are sorted once; the negatives are streamed in chunks and binned with ``searchsorted`` +
-``bincount``. Memory is O(#positives + chunk) instead of a sort of all pixels, and ties
+are sorted once; the negatives are streamed in chunks, each chunk sorted and the positive
+values located in it with ``searchsorted``. Memory is O(#positives + chunk) instead of a sort of all pixels, and ties
 are handled exactly as thresholds do (a threshold ``t`` predicts ``score >= t``).
 """
 
@@ -103,18 +103,23 @@ def sweep(
     w = None if pos_weight is None else np.bincount(inv.ravel(), weights=pos_weight, minlength=len(u))
     n_u = len(u)
     between = np.zeros(n_u + 1, dtype=np.int64)
-    equal = np.zeros(n_u + 1, dtype=np.int64)
+    equal = np.zeros(n_u, dtype=np.int64)
     rows = max(1, CHUNK // max(1, flat_s.shape[1]))
     n_neg = 0
     for i in range(0, flat_s.shape[0], rows):
-        neg = flat_s[i : i + rows][~flat_p[i : i + rows]]
-        _check_finite(neg, name)
+        neg = np.sort(flat_s[i : i + rows][~flat_p[i : i + rows]])  # NaN sorts last, -inf first
+        if neg.size and not (np.isfinite(neg[0]) and np.isfinite(neg[-1])):
+            raise ValueError(f"{name} contain NaN or infinite values")
         n_neg += neg.size
-        lo = np.searchsorted(u, neg, side="left")
-        is_eq = np.searchsorted(u, neg, side="right") > lo
-        between += np.bincount(lo[~is_eq], minlength=n_u + 1)
-        equal += np.bincount(lo[is_eq], minlength=n_u + 1)
-    return SweepStats(u, cnt.astype(np.int64), w, between, equal[:n_u], int(pos.size), n_neg)
+        left = np.searchsorted(neg, u, side="left")  # negatives < u_j
+        right = left.copy()  # negatives <= u_j: differs only where some negative equals u_j
+        tied = np.flatnonzero(neg[np.minimum(left, max(neg.size - 1, 0))] == u) if neg.size else left[:0]
+        right[tied] = np.searchsorted(neg, u[tied], side="right")
+        equal += right - left
+        prev = np.concatenate(([0], right))
+        between[:n_u] += left - prev[:-1]
+        between[n_u] += neg.size - prev[-1]
+    return SweepStats(u, cnt.astype(np.int64), w, between, equal, int(pos.size), n_neg)
 
 
 def auroc_from(st: SweepStats) -> float:
