@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -115,6 +116,9 @@ def test_models_cli_lists_every_encoder(fsiad_home: Path) -> None:
         assert name in lines
     assert lines["wide_resnet50_2"].split()[1] == "no" and lines["mae_vitb16"].split()[1] == "no"
     assert "- wide_resnet50_2:" in res.output and "- mae_vitb16:" in res.output
+    res = CliRunner().invoke(app, ["models", "resnet18", "--json"])
+    rows = json.loads(res.output)["encoders"]
+    assert [r["name"] for r in rows] == ["resnet18"] and rows[0]["available"] is False
     res = CliRunner().invoke(app, ["models", "bogus"])
     assert res.exit_code != 0 and "unknown encoder 'bogus'" in res.output
 

