@@ -95,6 +95,7 @@ def test_read_mask_modes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_mask(tmp_path / "i.png", mode="nonzero"), idx != 0)
     Image.fromarray(idx.clip(0, 1)).save(tmp_path / "01.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "01.png"), idx != 0)  # auto: 0/1 -> != 0
+    np.testing.assert_array_equal(read_mask(tmp_path / "i.png"), idx != 0)  # auto: indices <= 127 -> != 0
     Image.fromarray(np.stack([m255 * 0, m255, m255 * 0], -1)).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "rgb.png"), expect)
     with pytest.raises(ValueError, match="mask mode"):
@@ -117,5 +118,7 @@ def test_load_sample_uses_reader_mask_mode(tmp_path: Path) -> None:
     img, mask = load_sample(s)
     assert img.shape == (4, 4, 3) and mask.all()
     _, mask = load_sample(Sample(tmp_path / "a.png", 1, "x", tmp_path / "a_mask.png"))
+    assert mask.all()  # auto: no value > 127 -> class-index mask -> != 0
+    mask = read_mask(tmp_path / "a_mask.png", mode="threshold")
     assert not mask.any()  # value 5 on the 8-bit scale is background for 0/255 masks
     assert load_sample(Sample(tmp_path / "a.png"))[1] is None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewshot.data import DatasetError, dataset_kinds, load_dataset, load_sample, register_dataset
+from fewshot.data import DatasetError, dataset_kinds, load_dataset, load_sample, read_mask, register_dataset
 from fewshot.data.base import Category
 from fewshot.data.synthetic import make_folder_dataset, make_mvtec_dataset, make_visa_dataset
 
@@ -116,6 +116,7 @@ def test_visa_reader_and_nonzero_masks(tmp_path: Path) -> None:
     assert set(np.unique(raw)) == {0, 2}  # class index 2 (second defect type)
     _, mask = load_sample(anomalies[2])
     np.testing.assert_array_equal(mask, raw != 0)
+    np.testing.assert_array_equal(read_mask(anomalies[2].mask_path), raw != 0)  # default auto mode too
     assert "unknown category 'candle'" in _err("visa", root, ["candle"])
     (root / "split_csv" / "1cls.csv").rename(root / "split_csv" / "other.csv")
     assert "1cls.csv: VisA split file not found" in _err("visa", root)

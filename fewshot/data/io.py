@@ -148,7 +148,8 @@ def read_mask(
         expected_hw: ``(H, W)`` of the image the mask belongs to; a different size raises.
         mode: ``threshold`` = ``> 127`` on the 8-bit scale (MVTec-style 0/255 masks, also
             anti-aliased ones); ``nonzero`` = ``!= 0`` (class-index masks such as VisA's);
-            ``auto`` = ``nonzero`` when every value is 0 or 1, else ``threshold``.
+            ``auto`` (default) = ``nonzero`` when no value exceeds 127 on the 8-bit scale
+            (0/1 or class-index masks), else ``threshold``.
         image: image file, only used to name it in the size-mismatch error.
 
     Returns:
@@ -172,7 +173,12 @@ def read_mask(
             f"{expected_hw[1]}x{expected_hw[0]}"
         )
     if mode == "auto":
-        mode = "nonzero" if arr.dtype == np.bool_ or not (arr > 1).any() else "threshold"
+        small = arr.dtype == np.bool_ or (
+            float(arr.max()) <= (0.5 if np.issubdtype(arr.dtype, np.floating) else 127)
+            if arr.dtype != np.uint16
+            else int(arr.max()) <= 32767
+        )
+        mode = "nonzero" if small else "threshold"
     if mode == "nonzero":
         return arr != 0
     if arr.dtype == np.bool_:
