@@ -132,3 +132,14 @@ def test_conversion_runs_once(fsiad_home: Path) -> None:
 def test_random_weights_info() -> None:
     info = W.random_weights(3)
     assert (info.source, info.path, info.checksum) == ("random", None, "random-init-seed3")
+
+
+def test_failed_conversion_names_the_file_and_leaves_nothing(fsiad_home: Path) -> None:
+    def convert(src: Path, dst: Path) -> None:
+        dst.write_bytes(b"partial")
+        raise RuntimeError("corrupt graph")
+
+    spec = WeightSpec(key="toy", filename="toy.pt", package=("pytest", "__init__.py"), convert=convert)
+    with pytest.raises(ValueError, match=r"__init__\.py: cannot convert weights for toy \(RuntimeError: corrupt graph\)"):
+        resolve_weights(spec)
+    assert not [p for p in (fsiad_home / "weights").iterdir() if "toy" in p.name]

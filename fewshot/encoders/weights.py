@@ -182,7 +182,11 @@ def _from_package(spec: WeightSpec, src: Path, convert: bool = True) -> Path:
         return src
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    spec.convert(src, tmp)
+    try:
+        spec.convert(src, tmp)
+    except Exception as exc:  # noqa: BLE001 - name the source file in one line
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{src}: cannot convert weights for {spec.key} ({type(exc).__name__}: {exc})") from exc
     tmp.replace(dst)
     stamp.write_text(src_sum)
     return dst
