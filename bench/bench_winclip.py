@@ -1,0 +1,91 @@
+"""WinCLIP throughput on CPU: zero-shot and 4-shot images/s, fp32 and bf16, and token efficiency.
+
+Run: ``OMP_WAIT_POLICY=PASSIVE python -m bench.bench_winclip [--images 4] [--repeats 3]``
+
+Random-init ``ViT-B-16-plus-240`` weights (timing does not depend on weight values). For each
+precision it reports the median over ``--repeats`` runs of:
+    * plain: one ordinary image forward (226 tokens per image);
+    * zero-shot / 4-shot: ``WinCLIP.predict`` per image (windows at scales 2 and 3, the
+      image-level pass and, by default, the five multi-crop forwards);
+    * efficiency = time per image / (tokens encoded / tokens of one plain forward x plain time);
+      1.0 means the windowed encoding costs exactly its token work, the target is <= 1.2;
+    * peak RSS (``ru_maxrss``, process-wide, monotone over the run).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tokens_per_image(method) -> int:
+    """Tokens pushed through the transformer per query image by ``method.predict``."""
+    plain = 1 + method.encoder.num_patches
+    windows = sum(w.shape[0] * (1 + w.shape[1]) for w in method.windows)
+    crops = 5 * plain if method.opts["multi_crop"] else 0
+    return plain + windows + crops
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=4, help="query images per predict call")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoder", default="clip_vitb16plus_240")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--no-multi-crop", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["FSIAD_HOME"] = tempfile.mkdtemp(prefix="fsiad-bench-")  # keep random text embeddings out
+
+    from fewshot.encoders import create_encoder
+    from fewshot.methods import MethodConfig
+    from fewshot.methods.winclip import WinCLIP
+
+    g = torch.Generator().manual_seed(0)
+    queries = torch.rand(args.images, 3, 240, 240, generator=g)
+    shots = torch.rand(4, 3, 240, 240, generator=g)
+    opts = {"multi_crop": not args.no_multi_crop}
+    print(f"# WinCLIP CPU benchmark: {args.encoder} random-init, {args.threads} threads, "
+          f"{args.images} images/call, median of {args.repeats}, multi_crop={opts['multi_crop']}")
+    print("| precision | mode | s/image | images/s | tokens/image | plain s/image | efficiency | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for precision in args.precisions.split(","):
+        enc = create_encoder(args.encoder, allow_random=True, precision=precision)
+        zs = WinCLIP(MethodConfig(class_name="bottle", options=opts, batch_size=args.images), encoder=enc).fit()
+        fs = WinCLIP(MethodConfig(class_name="bottle", options=opts, batch_size=args.images), encoder=enc).fit(shots)
+        plain = _median_time(lambda e=enc: e.image_embedding(queries), args.repeats) / args.images
+        ntok, plain_tok = tokens_per_image(zs), 1 + enc.num_patches
+        for mode, method in (("zero-shot", zs), ("4-shot", fs)):
+            per = _median_time(lambda m=method: m.predict(queries), args.repeats) / args.images
+            eff = per / (ntok / plain_tok * plain)
+            print(f"| {precision} | {mode} | {per:.3f} | {1 / per:.2f} | {ntok} | {plain:.4f} | {eff:.2f} | "
+                  f"{_peak_rss_mb():.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
