@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from fewshot.metrics.core import CHUNK, SweepStats, sweep, to_bool, to_numpy
+from fewshot.metrics import core
+from fewshot.metrics.core import SweepStats, sweep, to_bool, to_numpy
 
 # 8-connectivity inside each image, no connection across images of a stack.
 _STRUCT = np.zeros((3, 3, 3), dtype=bool)
@@ -37,7 +38,8 @@ def region_labels(masks: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]
         ``masks[chunk][masks[chunk]]`` order) and the sizes of that chunk's regions (index
         = id - first id of the chunk); ``R`` = total number of regions.
     """
-    rows = max(1, CHUNK // max(1, masks[0].size if len(masks) else 1))
+    # ndimage.label needs several bytes per pixel: label a quarter chunk at a time.
+    rows = max(1, core.CHUNK // 4 // max(1, masks[0].size if len(masks) else 1))
     ids, sizes, total = [], [], 0
     for i in range(0, masks.shape[0], rows):
         lab, n = ndimage.label(masks[i : i + rows], structure=_STRUCT)
@@ -135,7 +137,7 @@ def aupro_cflow(
     ids, sizes, total = region_labels(m)
     on_region = np.zeros(total * n_b, dtype=np.int64)
     neg_hist = np.zeros(n_b, dtype=np.int64)
-    rows = max(1, CHUNK // max(1, a[0].size))
+    rows = max(1, core.CHUNK // max(1, a[0].size))
     for c, i in enumerate(range(0, a.shape[0], rows)):
         s, mm = a[i : i + rows], m[i : i + rows]
         on_region += np.bincount(ids[c] * n_b + np.searchsorted(ths, s[mm], "left"), minlength=total * n_b)
