@@ -159,7 +159,7 @@ def _validate_text(text: str, label: str) -> list[str]:
                             errs.append(f"{loc(node)}: 'name'{where} must not contain braces")
                     else:
                         _check_list(node, key, where, errs, loc)
-    return errs
+    return sorted(errs, key=lambda e: int(e[len(label) + 1 :].split(":", 1)[0]))
 
 
 def validate(path: str | Path) -> list[str]:
