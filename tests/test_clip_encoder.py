@@ -143,3 +143,18 @@ def test_non_vit_tower_rejected(fsiad_home):
         create_clip_encoder({"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
                              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
                                           "layers": 1}}, allow_random=True)
+
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_real_architectures_random_init(fsiad_home):
+    enc = create_encoder("clip_vitb16plus_240", allow_random=True)
+    assert enc.grid == (15, 15) and enc.embed_dim == 640 and enc.preprocess.size == 240
+    x = images(1, seed=7)
+    windows = torch.tensor([[0, 1, 15, 16], [223, 224, 208, 209], [3, 77, 150, 200]])
+    got = enc.window_embeddings(x, windows)
+    for w in range(3):
+        torch.testing.assert_close(got[0, w], _reference_window(enc, x[0], windows[w].tolist()), atol=1e-5, rtol=0)
+    openai = create_encoder("clip_vitb16_openai", allow_random=True)
+    assert type(openai.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert openai.grid == (14, 14) and openai.preprocess.size == 224
