@@ -62,12 +62,15 @@ def render_sample(size: int = 128, label: str = "good", shape: str = "dome", see
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
     rng = np.random.default_rng(seed)
+    # defect parameters have their own stream, so that the same seed renders the same scene
+    # with and without a defect (geometric defects leave the RGB identical, colour ones the xyz)
+    drng = np.random.default_rng([seed, 1])
     fov, dist = 0.064, 0.30  # field of view at the plane (m), camera-plane distance (m)
     f = dist * size / fov
     v, u = np.mgrid[0:size, 0:size].astype(np.float32)
     # object-centred coordinates on the plane (metres), with pose jitter
     cx, cy = rng.normal(0, 0.002, 2)
-    ang = rng.uniform(0, np.pi)
+    ang = rng.uniform(-0.3, 0.3)
     px, py = (u - size / 2) * fov / size - cx, (v - size / 2) * fov / size - cy
     xr, yr = np.cos(ang) * px + np.sin(ang) * py, -np.sin(ang) * px + np.cos(ang) * py
     a, b, hgt = 0.020 * rng.uniform(0.95, 1.05), 0.016 * rng.uniform(0.95, 1.05), 0.010 * rng.uniform(0.9, 1.1)
@@ -86,18 +89,18 @@ def render_sample(size: int = 128, label: str = "good", shape: str = "dome", see
 
     # defect centre: a random point well inside the object
     cand = np.argwhere(h > 0.6 * h.max())
-    dv, du = cand[rng.integers(len(cand))]
+    dv, du = cand[drng.integers(len(cand))]
     dx, dy = px[dv, du], py[dv, du]
     r2 = (px - dx) ** 2 + (py - dy) ** 2
     stain = np.zeros((size, size), np.float32)
     if label in ("dent", "bump"):
-        s = rng.uniform(0.0022, 0.003)
+        s = drng.uniform(0.0022, 0.003)
         g = np.exp(-r2 / (2 * s * s)).astype(np.float32)
-        h = h + (1 if label == "bump" else -1) * rng.uniform(0.0025, 0.0035) * g
+        h = h + (1 if label == "bump" else -1) * drng.uniform(0.0025, 0.0035) * g
         mask = g > 0.25
     elif label == "crack":
-        th = rng.uniform(0, np.pi)
-        length = rng.uniform(0.008, 0.012)
+        th = drng.uniform(0, np.pi)
+        length = drng.uniform(0.008, 0.012)
         along = (px - dx) * np.cos(th) + (py - dy) * np.sin(th)
         across = -(px - dx) * np.sin(th) + (py - dy) * np.cos(th)
         width = max(0.0008, 1.2 * pix)
@@ -105,7 +108,7 @@ def render_sample(size: int = 128, label: str = "good", shape: str = "dome", see
         h = h - 0.003 * groove.astype(np.float32)
         mask = groove > 0.3
     elif label == "color":
-        s = rng.uniform(0.0025, 0.0035)
+        s = drng.uniform(0.0033, 0.0042)
         stain = np.clip(1.6 * np.exp(-r2 / (2 * s * s)) - 0.3, 0, 1).astype(np.float32)
         mask = stain > 0.5
     mask &= inside
@@ -148,9 +151,11 @@ def _write(dirpath: Path, idx: int, s: SyntheticSample, with_gt: bool) -> None:
 
 
 def generate_mvtec3d(root: str | Path, categories: tuple[str, ...] = ("dome",), n_train: int = 8,
-                     n_validation: int = 2, n_test_good: int = 4, n_test_defect: int = 2,
+                     n_validation: int = 2, n_test_good: int = 4, n_test_defect: int | dict[str, int] = 2,
                      defects: tuple[str, ...] = DEFECTS, size: int = 128, seed: int = 0) -> Path:
     """Write a small MVTec 3D-AD-format dataset; category names are shapes (``dome``, ``torus``).
+
+    ``n_test_defect`` is a count per defect type, or a ``{defect: count}`` mapping.
 
     Returns:
         ``root`` as a ``Path``.
@@ -160,7 +165,8 @@ def generate_mvtec3d(root: str | Path, categories: tuple[str, ...] = ("dome",), 
         base_seed = seed * 100_003 + ci * 10_007
         k = 0
         splits = [("train", "good", n_train), ("validation", "good", n_validation), ("test", "good", n_test_good)]
-        splits += [("test", d, n_test_defect) for d in defects]
+        counts = n_test_defect if isinstance(n_test_defect, dict) else {d: n_test_defect for d in defects}
+        splits += [("test", d, n) for d, n in counts.items()]
         for split, label, n in splits:
             for i in range(n):
                 s = render_sample(size, label, cat, seed=base_seed + k)
