@@ -120,7 +120,7 @@ def load_masks(method: AnomalyMethod, samples: Sequence[Sample]) -> torch.Tensor
                 w, h = im.size
         except OSError as e:
             raise DatasetError(f"{s.path}: cannot read image size ({e})") from e
-        masks.append(read_mask(s.mask_path, (h, w)))
+        masks.append(read_mask(s.mask_path, (h, w), mode=s.extra.get("mask_mode", "auto"), image=s.path))
     return method.preprocess.masks(masks)
 
 
