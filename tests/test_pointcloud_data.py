@@ -10,7 +10,7 @@ import torch
 
 from fewshot.data import load_dataset
 from fewshot.data.base import DatasetError
-from pointcloud.cleaning import CleaningParams, cleaned_cloud, clean_mask
+from pointcloud.cleaning import CleaningParams, clean_mask, cleaned_cloud
 from pointcloud.data import folder_samples
 from pointcloud.features import FPFH_DIM, depth_image, fpfh_organized, pool_to_grid, resize_organized
 from pointcloud.io import read_xyz_tiff, valid_mask

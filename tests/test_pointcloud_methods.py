@@ -58,8 +58,8 @@ def test_btf_beats_single_modalities_on_mixed_defects(mixed, batches):
 
 
 def test_fpfh_localises_geometric_defects(mixed, batches):
-    from fewshot.metrics import pixel_metrics
     from fewshot.data import read_mask
+    from fewshot.metrics import pixel_metrics
 
     train, test = batches
     m = create_method("fpfh", MethodConfig(image_size=SIZE)).fit(train)
