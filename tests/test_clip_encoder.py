@@ -135,6 +135,23 @@ def test_local_checkpoint_by_path(fsiad_home, tmp_path):
     torch.save({"nope": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a checkpoint of open_clip"):
         create_clip_encoder(arch, weights=bad)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.pt: not a checkpoint of open_clip"):
+        create_clip_encoder(arch, weights=text)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_torchscript_checkpoint_like_openai_files(fsiad_home, tmp_path):
+    arch = register_tiny_arch(tmp_path)
+    src = tiny_encoder(tmp_path)
+    with torch.no_grad():
+        src.model.visual.proj.mul_(-1.0)
+    ckpt = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(src.model), ckpt)
+    enc = create_clip_encoder(arch, weights=ckpt)
+    x = images(1, seed=8)
+    torch.testing.assert_close(enc.image_embedding(x), src.image_embedding(x))
 
 
 def test_non_vit_tower_rejected(fsiad_home):

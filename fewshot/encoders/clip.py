@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -328,13 +329,27 @@ def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int
             if not files:
                 raise ValueError(f"{path}: no checkpoint file (*.safetensors, *.bin, *.pt) in this directory")
             path = files[0]
+        # OpenAI's original files are TorchScript archives: loaded as such (weights_only=False)
+        script = _is_torchscript(path)
         try:
-            open_clip.load_checkpoint(model, str(path), strict=True)
-        except RuntimeError as exc:
-            if "TorchScript" not in str(exc) and "jit" not in str(exc).lower():
-                raise ValueError(f"{path}: not a checkpoint of open_clip {arch}: {str(exc).splitlines()[0]}") from exc
-            open_clip.load_checkpoint(model, str(path), strict=True, weights_only=False)
+            keys = open_clip.load_checkpoint(model, str(path), strict=not script, weights_only=not script)
+        except Exception as exc:  # noqa: BLE001 - any unreadable / mismatching file -> one-line error
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ValueError(f"{path}: not a checkpoint of open_clip {arch}: {type(exc).__name__}: {first}") from exc
+        if script:  # scripted modules also carry non-persistent buffers such as the text attn_mask
+            bad = list(keys.missing_keys) + [k for k in keys.unexpected_keys if k != "attn_mask"]
+            if bad:
+                raise ValueError(f"{path}: not a checkpoint of open_clip {arch}: mismatching keys {bad[:5]}")
     return model
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript zip archive (it holds a ``constants.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weights: str | Path | None = None,
