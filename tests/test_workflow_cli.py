@@ -141,3 +141,41 @@ def test_predict_rejects_encoder_checksum_mismatch(tree, tmp_path):
     assert r.exit_code != 0 and "encoder mismatch" in r.output and "sha256" in r.output
     r = invoke("predict", "--model", tmp_path / "nomodel", "--out", tmp_path / "p3", tree["targets"])
     assert r.exit_code != 0 and "not an fsiad model folder" in r.output
+
+
+def test_default_knn_fit_predict_reproduce_score(tree, tmp_path):
+    """The default method (patch kNN, random-init DINOv2 at 56 px): fit + predict == score."""
+    opts = ["--shots", 3, "--normal", tree["normal"], "--allow-random", "--image-size", 56, "--batch-size", 4]
+    r = invoke("score", *opts, "--out", tmp_path / "s", "-q", tree["targets"])
+    assert r.exit_code == 0, r.output
+    assert invoke("fit", *opts, "--out", tmp_path / "m").exit_code == 0
+    assert invoke("predict", "--model", tmp_path / "m", "--out", tmp_path / "p", "-q", tree["targets"]).exit_code == 0
+    a, b = read_scores(tmp_path / "s"), read_scores(tmp_path / "p")
+    assert len(a) == 8 and a == b and len({row["score"] for row in a}) == 8
+    for row in a:
+        assert np.array_equal(np.load(tmp_path / "s" / "maps" / f"{row['name']}.npy"),
+                              np.load(tmp_path / "p" / "maps" / f"{row['name']}.npy"))
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["method"] == "knn" and meta["encoder"]["encoder"] == "dinov2_vits14"
+    assert meta["encoder"]["weights_checksum"].startswith("random-init")
+    assert meta["threshold"]["source"] == "loo" and len(meta["threshold"]["loo_scores"]) == 3
+
+
+def test_demo_mix_and_labels(tmp_path):
+    pytest.importorskip("conformal_clip_data", reason="demo data package conformal-clip-data not installed")
+    register_test_methods()
+    out = tmp_path / "demo"
+    r = invoke("score", "--method", "wf_pixdiff", "--shots", 2, "--demo", "textile", "--demo-size", 8, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    rows = read_scores(out)
+    assert [row["label"] for row in rows].count("0") == 4 and len(rows) == 8
+    assert {row["name"].split("__")[0] for row in rows} == {"nominal", "local", "global"}
+    assert "image AUROC over the 8 scored labelled images" in r.output
+    rec = json.loads((out / "run.json").read_text())
+    assert all("/nominal/" in p for p in rec["references"])
+    assert not set(rec["references"]) & {row["path"] for row in rows}  # references are never targets
+    r2 = invoke("score", "--method", "wf_pixdiff", "--shots", 2, "--demo", "textile", "--demo-size", 8,
+                "--out", tmp_path / "again", "-q")
+    assert r2.exit_code == 0 and read_scores(tmp_path / "again") == rows
+    bad = invoke("score", "--method", "wf_pixdiff", "--shots", 2, "--demo", "textile", "--out", tmp_path / "x", out)
+    assert bad.exit_code != 0 and "--demo picks its own targets" in bad.output

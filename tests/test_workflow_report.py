@@ -37,10 +37,10 @@ def test_collect_images_recursive_sorted_dedup(tmp_path):
 
 
 def test_output_names_unique_and_short():
-    paths = [Path("/x/good/a.png"), Path("/x/bad/a.png"), Path("/y/bad/a.jpg"), Path("/x/good/b c.png")]
-    names = output_names(paths)
-    assert names == ["good__a", "x__bad__a", "y__bad__a", "b_c"]
-    assert len(set(output_names([Path("/q/a.png"), Path("/q/a.jpg")]))) == 2  # same folder and stem
+    paths = [Path("/x/good/a.png"), Path("/x/bad/a.png"), Path("/x/bad/deep/a.jpg"), Path("/x/good/b c.png")]
+    assert output_names(paths) == ["good__a", "bad__a", "bad__deep__a", "good__b_c"]
+    assert output_names([Path("/q/a.png"), Path("/q/a.jpg"), Path("/q/b.png")]) == ["a", "a-2", "b"]
+    assert output_names([Path("/q/a.png")]) == ["a"] and output_names([]) == []
 
 
 def test_labels_csv(tmp_path):

@@ -9,7 +9,14 @@ Public API:
 """
 
 from fewshot.workflow.model import ModelError, load_model, save_model
-from fewshot.workflow.runner import ScoredImage, ScoreRun, fit_references, label_metrics, score_targets, write_outputs
+from fewshot.workflow.runner import (
+    ScoredImage,
+    ScoreRun,
+    fit_references,
+    label_metrics,
+    score_targets,
+    write_outputs,
+)
 from fewshot.workflow.targets import collect_images, make_samples, output_names, read_labels_csv
 from fewshot.workflow.thresholds import Calibration, ThresholdRule, calibrate_loo, user_threshold
 

@@ -55,7 +55,7 @@ def overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float, alpha: fl
 
 def save_png(array: np.ndarray, path) -> None:
     """Write an ``HxWx3`` uint8 array as PNG."""
-    Image.fromarray(array).save(path, format="PNG")
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
 def png_base64(array: np.ndarray, max_side: int | None = None) -> str:
@@ -65,5 +65,5 @@ def png_base64(array: np.ndarray, max_side: int | None = None) -> str:
         scale = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
+    im.save(buf, format="PNG", compress_level=6)
     return base64.b64encode(buf.getvalue()).decode("ascii")

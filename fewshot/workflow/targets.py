@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -44,30 +44,27 @@ def collect_images(targets: Iterable[str | Path]) -> list[Path]:
 def output_names(paths: Sequence[Path]) -> list[str]:
     """Unique, filesystem-safe names for per-image outputs (``maps/<name>.npy``).
 
-    Starts from the file stem and prepends parent folder names (joined with ``__``) only
-    where stems collide, e.g. ``nominal__textile_0001`` and ``local__textile_0001``.
+    A name is the path relative to the deepest folder common to all targets, extension
+    dropped, folders joined with ``__``: targets ``good/a.png`` and ``bad/a.png`` give
+    ``good__a`` and ``bad__a``; files of a single folder keep their stem. Names that still
+    clash (``a.png`` and ``a.jpg``) get ``-2``, ``-3``, ... in input order.
     """
-    parts = [[_safe(p.stem)] + [_safe(q) for q in reversed(p.resolve().parent.parts[1:])] for p in paths]
-    depth = [1] * len(paths)
-    while True:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, pr in enumerate(parts):
-            groups["__".join(reversed(pr[: depth[i]]))].append(i)
-        clashes = [idx for idx in groups.values() if len(idx) > 1]
-        grown = False
-        for idx in clashes:
-            for i in idx:
-                if depth[i] < len(parts[i]):
-                    depth[i] += 1
-                    grown = True
-        if not clashes or not grown:
-            break
-    names = ["__".join(reversed(pr[: depth[i]])) for i, pr in enumerate(parts)]
-    counts: dict[str, int] = defaultdict(int)
-    unique = []
-    for n in names:  # same file listed under two spellings cannot happen; suffixes are a last resort
-        counts[n] += 1
-        unique.append(n if counts[n] == 1 else f"{n}-{counts[n]}")
+    if not paths:
+        return []
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    names = ["__".join(_safe(q) for q in r.relative_to(common).with_suffix("").parts) for r in resolved]
+    taken: set[str] = set(names)  # every plain name stays reserved for its first holder
+    seen: set[str] = set()
+    unique: list[str] = []
+    for n in names:
+        cand, k = n, 1
+        while n in seen and (cand == n or cand in taken):
+            k += 1
+            cand = f"{n}-{k}"
+        seen.add(n)
+        taken.add(cand)
+        unique.append(cand)
     return unique
 
 

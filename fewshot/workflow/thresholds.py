@@ -95,7 +95,7 @@ def loo_unavailable_reason(method: AnomalyMethod, n_refs: int) -> str | None:
     """Why LOO calibration cannot run (``None`` when it can)."""
     if method.transductive:
         return f"{method.name} is transductive (it scores a set of images, not one held-out image)"
-    min_refs = 1 if method.regime.startswith("zero-shot") else 2
+    min_refs = 1 if type(method).regime.startswith("zero-shot") else 2
     if n_refs < min_refs:
         return f"leave-one-out needs at least {min_refs} reference image(s) for {method.name}, got {n_refs}"
     return None
