@@ -5,10 +5,11 @@ Run: ``OMP_WAIT_POLICY=PASSIVE python -m bench.bench_encoders [--runs 5] [--batc
 
 By default every encoder whose weights are available here (``fsiad models``) is measured
 with its default layers and default input size. ``--random NAME`` adds encoders with random
-weights (speed does not depend on weight values). Each (encoder, batch) runs in its own
-subprocess so that peak RSS (``ru_maxrss``) is per configuration: ``rss_model`` after loading,
-``rss_peak`` after the timed runs (the difference is the forward's working memory). Timing:
-one warm-up pass, then the median wall time of ``--runs`` passes; images/s = batch / median.
+weights (speed does not depend on weight values). Each encoder runs in its own subprocess
+so that peak RSS (``ru_maxrss``, includes the Python/torch/open_clip imports) is per encoder:
+"after load" is read once the model is built, "peak" after the warm-up of each batch size
+(ascending). Timing: one warm-up pass per batch size, then ``--runs`` rounds timed
+round-robin over the batch sizes; images/s = batch / median seconds per batch.
 Prints a markdown table.
 """
 
@@ -28,8 +29,13 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_one(name: str, batch: int, runs: int, threads: int, random_init: bool) -> dict:
-    """Measure one configuration in this process; returns a result row."""
+def run_one(name: str, batches: list[int], runs: int, threads: int, random_init: bool) -> list[dict]:
+    """Measure one encoder in this process for several batch sizes; returns one row per batch.
+
+    Batches are warmed up in ascending order (peak RSS read after each warm-up, so it is the
+    peak up to and including that batch size), then timed interleaved (round-robin over the
+    batch sizes, ``runs`` rounds) so that load drift on a shared machine hits all alike.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -37,19 +43,28 @@ def run_one(name: str, batch: int, runs: int, threads: int, random_init: bool) -
 
     enc = create_encoder(name, allow_random=random_init)
     size = enc.preprocess.size
-    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    batches = sorted(batches)
+    xs = {b: torch.rand(b, 3, size, size, generator=gen) for b in batches}
     rss_model = _rss_mib()
-    feats = enc.patch_features(x)  # warm-up
-    times = []
+    shapes, rss_peak = {}, {}
+    for b in batches:  # warm-up
+        shapes[b] = [list(f.shape[1:]) for f in enc.patch_features(xs[b])]
+        rss_peak[b] = _rss_mib()
+    times: dict[int, list[float]] = {b: [] for b in batches}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        enc.patch_features(x)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"encoder": name, "weights": enc.weights.source, "size": size, "batch": batch,
-            "layers": [str(layer) for layer in enc.default_layers],
-            "shapes": [list(f.shape[1:]) for f in feats], "median_s": med, "images_per_s": batch / med,
-            "rss_model_mib": rss_model, "rss_peak_mib": _rss_mib(), "threads": threads, "runs": runs}
+        for b in batches:
+            t0 = time.perf_counter()
+            enc.patch_features(xs[b])
+            times[b].append(time.perf_counter() - t0)
+    rows = []
+    for b in batches:
+        med = statistics.median(times[b])
+        rows.append({"encoder": name, "weights": enc.weights.source, "size": size, "batch": b,
+                     "layers": [str(layer) for layer in enc.default_layers], "shapes": shapes[b],
+                     "median_s": med, "images_per_s": b / med, "rss_model_mib": rss_model,
+                     "rss_peak_mib": rss_peak[b], "threads": threads, "runs": runs})
+    return rows
 
 
 def main() -> None:
@@ -59,12 +74,11 @@ def main() -> None:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--one", nargs=2, metavar=("NAME", "BATCH"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", default=None, metavar="NAME", help=argparse.SUPPRESS)
     ap.add_argument("--random-init", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        row = run_one(args.one[0], int(args.one[1]), args.runs, args.threads, args.random_init)
-        print(json.dumps(row))
+        print(json.dumps(run_one(args.one, args.batches, args.runs, args.threads, args.random_init)))
         return
 
     from fewshot.encoders import encoder_names, encoder_status
@@ -75,14 +89,13 @@ def main() -> None:
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     rows = []
     for name, rnd in jobs:
-        for b in args.batches:
-            cmd = [sys.executable, "-m", "bench.bench_encoders", "--one", name, str(b), "--runs", str(args.runs),
-                   "--threads", str(args.threads)] + (["--random-init"] if rnd else [])
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{name} batch {b}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        cmd = [sys.executable, "-m", "bench.bench_encoders", "--one", name, "--runs", str(args.runs),
+               "--threads", str(args.threads), "--batches", *map(str, args.batches)]
+        out = subprocess.run(cmd + (["--random-init"] if rnd else []), env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        rows.extend(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"threads={args.threads}, runs={args.runs} (median), OMP_WAIT_POLICY=PASSIVE, fp32, CPU\n")
     print("| encoder | weights | input | layers -> feature shapes | batch | images/s | median s/batch "
           "| RSS after load (MiB) | peak RSS (MiB) |")
