@@ -111,3 +111,23 @@ def test_unavailable_weights_raise_resolver_error_at_once(fsiad_home):
     assert time.monotonic() - t0 < 5
     assert "clip_vitb16plus_240" in str(err.value) and "weights" in str(err.value)
 
+
+
+def test_feature_cache_reuses_test_images_across_fits(tiny, monkeypatch):
+    x, refs = images(2, seed=11), images(2, seed=12)
+    m = WinCLIP(MethodConfig(class_name="bottle"), encoder=tiny)
+    plain_zs, plain_fs = m.fit().predict(x), m.fit(refs).predict(x)
+    tiny.enable_cache(1 << 28)
+    first = m.fit().predict(x)
+    m.fit(refs)
+
+    def no_encoding(*_args, **_kw):
+        raise AssertionError("test images should come from the feature cache")
+
+    monkeypatch.setattr(tiny, "encode_all", no_encoding)
+    second = m.predict(x)  # different regime, same cached test features
+    tiny.disable_cache()
+    torch.testing.assert_close(first.image_scores, plain_zs.image_scores)
+    torch.testing.assert_close(first.anomaly_maps, plain_zs.anomaly_maps)
+    torch.testing.assert_close(second.image_scores, plain_fs.image_scores)
+    torch.testing.assert_close(second.anomaly_maps, plain_fs.anomaly_maps)

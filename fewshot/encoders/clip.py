@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import open_clip
@@ -207,6 +207,15 @@ class CLIPEncoder(Encoder):
             pooled, patches = self._encode_sequences(tokens)
             wins = [self.window_embeddings_from_tokens(tokens, w) for w in windows]
         return pooled.float(), patches.float(), wins
+
+    def cached(self, tag: tuple, images: torch.Tensor,
+               compute: Callable[[torch.Tensor], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """``compute(images)`` (list of ``[N, ...]`` tensors), memoised per image and ``tag`` in
+        the feature cache when ``enable_cache`` was called (values then float32 on CPU)."""
+        if self._cache is None:
+            return compute(images)
+        key = (self.model_id, self.weights.checksum, self.precision, *tag)
+        return self._cache.get_or_compute(key, images, lambda x: [t.float().cpu() for t in compute(x)])
 
     def _patch_features(self, images: torch.Tensor, layers: Sequence[int | str]) -> list[torch.Tensor]:
         x = self.visual.ln_pre(self.embed_tokens(images))

@@ -166,7 +166,7 @@ class WinCLIP(AnomalyMethod):
         for batch in iter_batches(images, self.config.batch_size):
             if batch.shape[0] == 0:
                 continue
-            _, p, ws = self.encoder.encode_all(batch, self.windows)
+            _, p, *ws = self._encode(batch, crops=False)
             patches.append(F.normalize(p.reshape(-1, p.shape[-1]), dim=-1))
             for acc, w in zip(wins, ws, strict=True):
                 acc.append(F.normalize(w.reshape(-1, w.shape[-1]), dim=-1))
@@ -175,7 +175,27 @@ class WinCLIP(AnomalyMethod):
         self.regime = "few-shot" if patches else "zero-shot"
 
     # -- predict --------------------------------------------------------------------------
-    def _zero_shot(self, images: torch.Tensor, img: torch.Tensor, wins: list[torch.Tensor]
+    def _encode(self, images: torch.Tensor, crops: bool) -> list[torch.Tensor]:
+        """``[image [N, D], patches [N, P, C], window [N, W_s, D] per scale, (crops [N, 5, D])]``.
+
+        Memoised per image by the encoder's feature cache when enabled (evaluation harness,
+        threshold calibration), so that test images are encoded once across shots and seeds.
+        """
+        with_crops = crops and bool(self.opts["multi_crop"])
+        ratio = float(self.opts["crop_ratio"])
+
+        def compute(x: torch.Tensor) -> list[torch.Tensor]:
+            img, patches, wins = self.encoder.encode_all(x, self.windows)
+            out = [img, patches, *wins]
+            if with_crops:
+                views = five_crops(x, ratio).flatten(0, 1)
+                out.append(self.encoder.image_embedding(views).reshape(5, x.shape[0], -1).transpose(0, 1))
+            return out
+
+        tag = ("winclip", self.scales, ratio if with_crops else None)
+        return self.encoder.cached(tag, images, compute)
+
+    def _zero_shot(self, img: torch.Tensor, wins: list[torch.Tensor], crop_emb: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         n, p = img.shape[0], self.encoder.num_patches
         s_img = self._class_scores(img)
@@ -184,10 +204,8 @@ class WinCLIP(AnomalyMethod):
                  for w, win, inc in zip(wins, self.windows, self.incidence, strict=True)]
         zs_map = harmonic_mean(torch.stack(maps), 0)
         score = s_img
-        if self.opts["multi_crop"]:
-            crops = five_crops(images, float(self.opts["crop_ratio"]))
-            crop_emb = self.encoder.image_embedding(crops.flatten(0, 1)).reshape(5, n, -1)
-            score = torch.cat([s_img[None], self._class_scores(crop_emb)]).mean(0)
+        if crop_emb is not None:
+            score = torch.cat([s_img[:, None], self._class_scores(crop_emb)], 1).mean(1)
         return score, zs_map
 
     def _few_shot_map(self, patches: torch.Tensor, wins: list[torch.Tensor]) -> torch.Tensor:
@@ -205,8 +223,10 @@ class WinCLIP(AnomalyMethod):
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
         if self.text_features is None:
             raise RuntimeError("winclip: text features missing; call fit() (zero-shot: fit() with no images)")
-        img, patches, wins = self.encoder.encode_all(images, self.windows)
-        score, grid_map = self._zero_shot(images, img, wins)
+        feats = self._encode(images, crops=True)
+        img, patches, wins = feats[0], feats[1], feats[2 : 2 + len(self.scales)]
+        crop_emb = feats[2 + len(self.scales)] if len(feats) > 2 + len(self.scales) else None
+        score, grid_map = self._zero_shot(img, wins, crop_emb)
         if self.memory_patches is not None:
             fs_map = self._few_shot_map(patches, wins)
             grid_map = (grid_map + fs_map) / 2
