@@ -68,6 +68,8 @@ def _clean_errors() -> Iterator[None]:
         yield
     except (DatasetError, ModelError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
+    except ValueError as e:  # bad method options / settings, raised with a one-line message
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except KeyError as e:  # unknown method / encoder names
         raise click.ClickException(str(e.args[0]) if e.args else str(e)) from None
 
@@ -77,7 +79,10 @@ def _references(shots: int, seed: int, normal: Path | None, demo_cat: Any, metho
     from fewshot.methods import method_class
     from fewshot.workflow.targets import collect_images
 
-    regime = method_class(method_name).regime
+    cls = method_class(method_name)
+    regime = cls.regime
+    if cls.transductive and shots > 0:
+        raise click.UsageError(f"--shots {shots}: {method_name} is {regime} (it uses no references); use --shots 0")
     if shots == 0:
         if not regime.startswith("zero-shot"):
             raise click.UsageError(f"--shots 0: {method_name} is a {regime} method and needs K >= 1 references")

@@ -79,7 +79,8 @@ def test_unreadable_target_listed_and_run_continues(tree, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no_targets", "empty_normal", "target_folder_without_images", "missing_target",
-                                  "zero_shots_few_shot_method", "too_many_shots", "no_normal"])
+                                  "zero_shots_few_shot_method", "too_many_shots", "no_normal", "shots_for_transductive",
+                                  "bad_method_option", "bad_threshold_rule", "unknown_method"])
 def test_bad_inputs_are_one_line_errors(tree, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -93,6 +94,14 @@ def test_bad_inputs_are_one_line_errors(tree, tmp_path, case):
         "zero_shots_few_shot_method": ([*base, "--shots", 0, tree["targets"]], "needs K >= 1"),
         "too_many_shots": ([*base, "--shots", 99, "--normal", tree["normal"], tree["targets"]], "only 6 normal"),
         "no_normal": ([*base, "--shots", 2, tree["targets"]], "needs --normal"),
+        "shots_for_transductive": ([*base, "--shots", 2, "--method", "musc", "--normal", tree["normal"], tree["targets"]],
+                                   "use --shots 0"),
+        "bad_method_option": ([*base, "--shots", 2, "--method", "knn", "-o", "bogus=1", "--normal", tree["normal"],
+                               tree["targets"]], "unknown options"),
+        "bad_threshold_rule": ([*base, "--shots", 2, "--threshold-rule", "median", "--normal", tree["normal"],
+                                tree["targets"]], "unknown threshold rule"),
+        "unknown_method": ([*base, "--shots", 2, "--method", "nosuch", "--normal", tree["normal"], tree["targets"]],
+                           "unknown method 'nosuch'"),
     }[case]
     r = invoke(*args)
     assert r.exit_code != 0
