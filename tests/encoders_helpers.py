@@ -23,10 +23,16 @@ def package_path(module: str, rel: str) -> Path:
 
 @pytest.fixture(name="fsiad_home")
 def fsiad_home_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty ``FSIAD_HOME`` in ``tmp_path`` with every hub offline."""
+    """An empty ``FSIAD_HOME`` in ``tmp_path``, empty hub caches, every hub offline."""
     monkeypatch.setenv("FSIAD_HOME", str(tmp_path / "fsiad"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FSIAD_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    try:  # the hub cache path is read from constants at call time: isolate it as well
+        import huggingface_hub.constants as hf_constants
+
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    except ImportError:
+        pass
     return tmp_path / "fsiad"

@@ -143,3 +143,19 @@ def test_failed_conversion_names_the_file_and_leaves_nothing(fsiad_home: Path) -
     with pytest.raises(ValueError, match=r"__init__\.py: cannot convert weights for toy \(RuntimeError: corrupt graph\)"):
         resolve_weights(spec)
     assert not [p for p in (fsiad_home / "weights").iterdir() if "toy" in p.name]
+
+
+def test_local_hub_caches_are_found_offline(fsiad_home: Path, tmp_path: Path) -> None:
+    snap = tmp_path / "hf" / "hub" / "models--org--toy" / "snapshots" / ("a" * 40)
+    _file(snap / "model.safetensors", b"st")
+    _file(tmp_path / "hf" / "hub" / "models--org--toy" / "refs" / "main", b"a" * 40)
+    hf = W.HFFile("org/toy", "model.safetensors")
+    assert hf(True) == str(snap / "model.safetensors")
+    assert W.HFFile("org/other", "model.safetensors")(True) is None
+    th = W.TorchHubFile("toy-123.pth", "https://example.invalid/toy-123.pth")
+    assert th(True) is None
+    ckpt = _file(tmp_path / "torch" / "hub" / "checkpoints" / "toy-123.pth", b"pt")
+    assert th(True) == str(ckpt)
+    spec = WeightSpec(key="toy", filename="toy.pth", hub=W.HubSources(W.HFFile("org/none", "x.bin"), th))
+    info = resolve_weights(spec)
+    assert (info.source, info.path) == ("hub", str(ckpt))
