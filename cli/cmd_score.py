@@ -149,11 +149,14 @@ def _fit(shots: int, seed: int, method: str, normal: Path | None, demo: str | No
         cfg.class_name = demo_cat.name
     refs = _references(shots, seed, normal, demo_cat, method)
     click.echo(f"loading {method} ...", err=True)
+    t0 = time.perf_counter()
     m = create_method(method, cfg)
+    load_s = time.perf_counter() - t0
     click.echo(f"fitting on {len(refs)} reference(s) (seed {seed}) and calibrating the threshold ...", err=True)
-    calibration, fit_s = fit_references(m, refs, seed, rule, threshold)
+    calibration, timings = fit_references(m, refs, seed, rule, threshold)
     info = {"shots": shots, "seed": seed, "normal": str(normal) if normal else None, "demo": demo,
-            "threshold_rule": str(rule), "references": [str(r.path) for r in refs], "fit_s": round(fit_s, 3)}
+            "threshold_rule": str(rule), "references": [str(r.path) for r in refs],
+            "timings": {"load_s": round(load_s, 3), **timings}}
     return m, cfg, refs, calibration, info
 
 
@@ -161,8 +164,7 @@ def _finish(m: Any, run: Any, out: Path, calibration: Any, settings: dict, refs:
             t0: float) -> None:
     from fewshot.workflow.runner import write_outputs
 
-    settings["wall_s"] = round(time.perf_counter() - t0, 1)
-    record = write_outputs(m, run, out, calibration, settings, refs, progress=not quiet)
+    record = write_outputs(m, run, out, calibration, settings, refs, progress=not quiet, t_start=t0)
     click.echo(f"scored {record['n_scored']} image(s) with {m.name}, {len(refs)} reference(s); "
                f"{record['n_errors']} not scored" + (f" (see {out / 'errors.csv'})" if record["n_errors"] else ""))
     click.echo(calibration.description)
@@ -173,7 +175,7 @@ def _finish(m: Any, run: Any, out: Path, calibration: Any, settings: dict, refs:
     if "true_positives" in metrics:
         click.echo(f"at the threshold: TP {metrics['true_positives']}, FP {metrics['false_positives']}, "
                    f"TN {metrics['true_negatives']}, FN {metrics['false_negatives']}")
-    click.echo(f"report: {out / 'report.html'}  (scores: {out / 'scores.csv'})")
+    click.echo(f"report: {out / 'report.html'}  (scores: {out / 'scores.csv'}; {record['wall_s']:.0f} s)")
 
 
 @click.command("score")
@@ -257,6 +259,7 @@ def predict(targets: tuple[Path, ...], model_dir: Path, out: Path, threshold: fl
         overrides = {k: v for k, v in {"device": device, "batch_size": batch_size, "weights": weights}.items()
                      if v is not None}
         m, meta = load_model(model_dir, **overrides)
+        load_s = time.perf_counter() - t0
         calibration = user_threshold(threshold) if threshold is not None else Calibration.from_dict(meta["threshold"])
         chunk = chunk_size or int(meta.get("chunk_size", 32))
         refs = [Sample(path=Path(p), label=0) for p in meta.get("references", [])]
@@ -267,7 +270,7 @@ def predict(targets: tuple[Path, ...], model_dir: Path, out: Path, threshold: fl
                     "targets": [str(t) for t in targets], "n_targets": len(samples),
                     "labels": str(labels) if labels else None, "demo_size": demo_size if demo else None,
                     "demo_target_seed": DEMO_TARGET_SEED if demo else None, "chunk_size": chunk,
-                    "overrides": overrides, "config": asdict(m.config)}
+                    "overrides": overrides, "config": asdict(m.config), "timings": {"load_s": round(load_s, 3)}}
         _finish(m, run, out, calibration, settings, _existing(refs), quiet, t0)
 
 

@@ -66,23 +66,25 @@ def decision(score: float, threshold: float | None) -> str | None:
 
 
 def fit_references(method: AnomalyMethod, refs: Sequence[Sample], seed: int = 0,
-                   rule: ThresholdRule | None = None, threshold: float | None = None) -> tuple[Calibration, float]:
+                   rule: ThresholdRule | None = None, threshold: float | None = None
+                   ) -> tuple[Calibration, dict[str, float]]:
     """Calibrate the threshold (user value, or leave-one-out on ``refs``) then fit on all ``refs``.
 
     Returns:
-        ``(calibration, fit_seconds)``; ``method`` is fitted on every reference.
+        ``(calibration, {"calibrate_s", "fit_s"})``; ``method`` is fitted on every reference.
 
     Raises:
         DatasetError: a reference image cannot be read (names the file).
     """
+    t0 = time.perf_counter()
     if threshold is not None:
         cal = user_threshold(threshold)
     else:
         cal = calibrate_loo(method, refs, rule or ThresholdRule(), seed)
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     torch.manual_seed(seed)
     method.fit(method.prepare(list(refs)) if refs else None)
-    return cal, time.perf_counter() - t0
+    return cal, {"calibrate_s": round(t1 - t0, 3), "fit_s": round(time.perf_counter() - t1, 3)}
 
 
 def _prepare_readable(method: AnomalyMethod, samples: Sequence[Sample]) -> tuple[Any, list[int], list[tuple[Path, str]]]:
@@ -183,8 +185,12 @@ def label_metrics(images: Sequence[ScoredImage], threshold: float | None) -> dic
 
 def write_outputs(method: AnomalyMethod, run: ScoreRun, out: Path, calibration: Calibration,
                   settings: dict[str, Any], references: Sequence[Sample], title: str = "fsiad inspection report",
-                  progress: bool = True) -> dict[str, Any]:
-    """Write scores.csv, errors.csv, overlays, report.html and run.json; return run.json's content."""
+                  progress: bool = True, t_start: float | None = None) -> dict[str, Any]:
+    """Write scores.csv, errors.csv, overlays, report.html and run.json; return run.json's content.
+
+    ``t_start`` (``time.perf_counter()`` at the start of the command) adds the total wall time.
+    """
+    t_out = time.perf_counter()
     thr = calibration.threshold
     with (out / "scores.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -240,6 +246,8 @@ def write_outputs(method: AnomalyMethod, run: ScoreRun, out: Path, calibration: 
         "metrics": metrics,
         "predict_s": round(run.predict_s, 3),
         "images_per_s": round(len(run.images) / run.predict_s, 3) if run.predict_s > 0 else None,
+        "outputs_s": round(time.perf_counter() - t_out, 3),
+        "wall_s": None if t_start is None else round(time.perf_counter() - t_start, 3),
         "outputs": {"scores": "scores.csv", "maps": "maps/", "overlays": "overlays/", "report": "report.html",
                     "errors": "errors.csv" if run.errors else None},
     }
