@@ -322,7 +322,8 @@ def clip_weight_spec(arch: str, tag: str | None, key: str | None = None) -> Weig
     return WeightSpec(key=key, filename=fname, hub=hub, hub_name=hub_name, howto=howto)
 
 
-def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int | None) -> torch.nn.Module:
+def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int | None,
+           tag: str | None = None) -> torch.nn.Module:
     if isinstance(arch, dict):
         if info.path is not None:
             raise ValueError("a custom open_clip config can only be random-initialised")
@@ -330,6 +331,10 @@ def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int
     kw = {"force_quick_gelu": quick_gelu} if quick_gelu else {}
     if image_size is not None:
         kw["force_image_size"] = image_size
+    tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    norm = {k: tag_cfg[k] for k in ("mean", "std") if tag_cfg.get(k)}
+    if norm:  # the tag's normalisation (pretrained=None would leave open_clip's defaults)
+        kw["force_preprocess_cfg"] = norm
     model = open_clip.create_model(arch, pretrained=None, **kw)
     if info.path is not None:
         path = Path(info.path)
@@ -392,27 +397,38 @@ def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weig
         info = random_weights(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _build(arch, info, quick, image_size)
+            model = _build(arch, info, quick, image_size, pretrained)
     else:
         if isinstance(arch, dict):
             raise WeightsNotFoundError(WeightSpec(key=key, filename=f"{model_id}.pt"), "custom configs are random-init only")
         info = resolve_weights(clip_weight_spec(arch, pretrained, key), weights)
-        model = _build(arch, info, quick, image_size)
+        model = _build(arch, info, quick, image_size, pretrained)
     tok_arch = "ViT-B-16" if isinstance(arch, dict) else arch
     ctx = int(model.context_length) if hasattr(model, "context_length") else None
-    tokenizer = open_clip.get_tokenizer(tok_arch, context_length=ctx) if ctx else open_clip.get_tokenizer(tok_arch)
+    tokenizer = _tokenizer(tok_arch, ctx)
     enc = CLIPEncoder(model, tokenizer, name=key, model_id=model_id, weights=info, device=device,
                       precision=precision, chunk_tokens=chunk_tokens, text_cache=text_cache)
     return enc.to(device).eval()
+
+
+def _tokenizer(arch: str, context_length: int | None = None):
+    """open_clip tokenizer of ``arch``; a one-line error when it would need the (offline) hub."""
+    try:
+        if context_length:
+            return open_clip.get_tokenizer(arch, context_length=context_length)
+        return open_clip.get_tokenizer(arch)
+    except OSError as exc:
+        raise ValueError(f"{arch}: its text tokenizer is not available offline "
+                         f"(open_clip fetches it from the Hugging Face hub): {type(exc).__name__}") from None
 
 
 def _factory(name: str):
     arch, tag, quick, _ = CLIP_MODELS[name]
 
     def factory(info: WeightInfo, *, device: str, precision: str, image_size: int | None) -> CLIPEncoder:
-        model = _build(arch, info, quick, image_size)
+        model = _build(arch, info, quick, image_size, tag)
         model_id = f"{arch}/{tag}" + (f"@{image_size}" if image_size is not None else "")
-        return CLIPEncoder(model, open_clip.get_tokenizer(arch), name=name, model_id=model_id, weights=info,
+        return CLIPEncoder(model, _tokenizer(arch), name=name, model_id=model_id, weights=info,
                            device=device, precision=precision)
 
     return factory
