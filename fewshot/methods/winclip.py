@@ -24,7 +24,13 @@ Deviations from the paper (documented choices):
       public code has none and its geometry is not specified; fsiad averages the anomalous
       probability of the full image and the four corner + centre crops of side
       ``crop_ratio * S`` (default 0.75) resized back to S (bicubic). Option ``multi_crop``.
-      It changes the image score only (the map's image-scale term uses the full image).
+      It changes the image score only (the map's image-scale term uses the full image). On by
+      default on the strength of the paper's ablation; not measured here (no real weights).
+    * Text prototypes: mean of the unnormalised prompt embeddings (anomalib / WinCLIP-pytorch);
+      classic CLIP ensembling L2-normalises each prompt embedding before averaging.
+    * Few-shot patch memory uses the final-layer tokens after ``ln_post`` (anomalib's choice;
+      the paper does not name the layer).
+    * Harmonic means clamp scores at 1e-12 before the reciprocal (a zero score gives 0, not NaN).
     * Prompt templates: the duplicated template of the public list is fixed (22 distinct
       templates, see ``prompts/default.yaml``); class names go through aliases
       (``metal_nut`` -> "metal nut").
