@@ -1,0 +1,197 @@
+"""RegAD-style few-shot scoring (Huang et al., "Registration based Few-Shot Anomaly Detection", ECCV 2022)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fewshot.ops.features import encoder_from_config, parse_layers
+from fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
+from fewshot.ops.pooling import topk_mean
+from fewshot.ops.smoothing import upsample_blur
+from fewshot.preprocess import Preprocess
+from fewshot.result import AnomalyResult
+
+DEFAULT_ENCODER = "tf_efficientnet_lite0"
+#: strides 4, 8, 16 (RegAD: ResNet-18 layer1-3)
+DEFAULT_LAYERS = {"resnet": ["layer1", "layer2", "layer3"], "efficientnet": ["blocks.1", "blocks.2", "blocks.4"]}
+DEFAULTS: dict[str, Any] = {"layers": None, "eps": 0.01, "sigma": 4.0, "augment": True, "n_features": None,
+                            "seed": 0, "score": "max", "topk": 0.01, "fit_chunk": 256}
+#: RegAD's support augmentations (test.py): small rotations, translations (normalised coordinates)
+ROTATIONS = tuple(k * math.pi / 16 for k in (-4, -3, -2, -1, 1, 2, 3, 4))
+TRANSLATIONS = ((0.2, 0.2), (-0.2, 0.2), (-0.2, -0.2), (0.2, -0.2), (0.1, 0.1), (-0.1, 0.1), (-0.1, -0.1), (0.1, -0.1))
+N_AUGMENT = 1 + len(ROTATIONS) + len(TRANSLATIONS) + 1 + 1 + 3
+
+
+def _affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def augment_support(images: torch.Tensor) -> torch.Tensor:
+    """RegAD's fixed support augmentation: ``[K, 3, S, S]`` -> ``[22 K, 3, S, S]``.
+
+    Order: originals, 8 rotations (+-pi/16 .. +-pi/4), 8 translations (+-0.1 / +-0.2 of the
+    half-side on both axes), horizontal flip, greyscale (ITU-R 601 luma, 3 channels), rot90 x
+    1, 2, 3. Rotations/translations sample bilinearly with reflection padding. Deterministic:
+    RegAD's only randomness is a shuffle of this list, which does not change the statistics.
+    """
+    x = images.float()
+    out = [x]
+    for a in ROTATIONS:
+        c, s = math.cos(a), math.sin(a)
+        out.append(_affine(x, torch.tensor([[c, -s, 0.0], [s, c, 0.0]])))
+    for tx, ty in TRANSLATIONS:
+        out.append(_affine(x, torch.tensor([[1.0, 0.0, tx], [0.0, 1.0, ty]])))
+    out.append(x.flip(-1))
+    luma = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    out.append(luma.expand(-1, 3, -1, -1))
+    out.extend(torch.rot90(x, k, dims=(-2, -1)) for k in (1, 2, 3))
+    return torch.cat(out)
+
+
+def concat_nearest(feats: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer ``[N, h_l, w_l, C_l]`` -> ``[N, h, w, sum C_l]`` on the finest grid (nearest upsampling).
+
+    Equals RegAD/PaDiM's ``embedding_concat`` (unfold/fold: each coarse cell copied to the fine
+    cells it covers) when the grids divide each other.
+    """
+    h, w = max((f.shape[1], f.shape[2]) for f in feats)
+    out = []
+    for f in feats:
+        if (f.shape[1], f.shape[2]) != (h, w):
+            f = F.interpolate(f.permute(0, 3, 1, 2).float(), size=(h, w), mode="nearest").permute(0, 2, 3, 1)
+        out.append(f.float())
+    return torch.cat(out, dim=-1).contiguous()
+
+
+@register_method("regad")
+class RegAD(AnomalyMethod):
+    """Per-position Gaussian of augmented support features; Mahalanobis map (training-free RegAD).
+
+    Test-time procedure of RegAD: the K support images are augmented with RegAD's fixed list
+    (``augment_support``: 22 K images); stage outputs of ``layers`` (strides 4, 8, 16) are
+    nearest-upsampled to the finest grid and concatenated (``concat_nearest``); one Gaussian per
+    grid position (mean, unbiased covariance ``+ eps I``, ``eps`` 0.01) is fitted on the 22 K
+    feature vectors; a query's map is the Mahalanobis distance per position (Cholesky solves),
+    bilinearly upsampled to the input side and blurred (``sigma`` 4); image score = map maximum
+    (``score="max"``, RegAD) or ``topk_mean`` of the top ``topk`` share (``score="topk"``).
+
+    Deviations from the paper:
+      * No registration network. RegAD meta-trains STN modules + a Siamese head on the other
+        categories and takes the features after the STNs (warped back to the input frame);
+        fsiad's ``regad`` is training-free: frozen ImageNet features, no STN, no training, so no
+        model selection (RegAD's ``train.py`` keeps the epoch with the best TEST AUROC, #18).
+      * Default encoder ``tf_efficientnet_lite0`` (offline package weights here; RegAD's
+        ResNet-18 has none), layers ``blocks.1, blocks.2, blocks.4`` (24 + 40 + 112 = 176
+        channels at strides 4/8/16, like ResNet ``layer1-3``). ``encoder="resnet18"`` selects the
+        paper's backbone (``layer1-3``, 448 channels) when its weights are present.
+      * Input: square resize to 224 (bicubic, no crop) then the encoder's own mean/std
+        normalisation (RegAD feeds un-normalised [0, 1] tensors to its trained STN-ResNet).
+      * Scores are not min-max normalised over the test set (a common affine map changes no
+        AUROC; per-image outputs stay independent of the test batch).
+      * ``n_features`` (default ``None`` = all channels): optional seeded random channel
+        subset (PaDiM-style, for wide backbones); RegAD keeps all channels.
+
+    Memory: the fit holds ``22 K * P * C`` float32 features (K = 4, P = 56^2, C = 176: 0.2 GB)
+    and fits ``fit_chunk`` positions at a time; the state keeps mean ``[P, C]`` and the Cholesky
+    factor ``[P, C, C]`` (0.39 GB for C = 176), not the covariance.
+
+    Options: ``layers``, ``eps`` 0.01, ``sigma`` 4, ``augment`` True, ``n_features`` None,
+    ``seed`` 0 (channel subset), ``score`` ``max`` | ``topk``, ``topk`` 0.01, ``fit_chunk`` 256.
+    """
+
+    regime = "few-shot"
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        unknown = set(self.config.options) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"regad: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.opts = {**DEFAULTS, **self.config.options}
+        if self.opts["score"] not in ("max", "topk"):
+            raise ValueError(f"regad: score must be 'max' or 'topk', got {self.opts['score']!r}")
+        self._pre = Preprocess(self.config.image_size or 224, interpolation="bicubic")
+        self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._pre.size)
+        family = "resnet" if "layer1" in self.encoder.layers else "efficientnet"
+        default = DEFAULT_LAYERS[family] if all(x in self.encoder.layers for x in DEFAULT_LAYERS[family]) else None
+        self.layers = parse_layers(self.opts["layers"]) or default or list(self.encoder.default_layers)
+        self.channels: torch.Tensor | None = None
+        self.stats: GaussianStats | None = None
+        self.grid: tuple[int, int] | None = None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self._pre
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` -> concatenated (optionally channel-subset) features ``[N, h*w, C]``."""
+        f = concat_nearest(self.encoder.patch_features(images, self.layers))
+        self.grid = (f.shape[1], f.shape[2])
+        if self.channels is None and self.opts["n_features"] is not None:
+            d = min(int(self.opts["n_features"]), f.shape[-1])
+            g = torch.Generator().manual_seed(int(self.opts["seed"]))
+            self.channels = torch.randperm(f.shape[-1], generator=g)[:d].sort().values
+        if self.channels is not None:
+            f = f[..., self.channels]
+        return f.reshape(f.shape[0], -1, f.shape[-1])
+
+    def _fit(self, images: Images) -> None:
+        self.channels, self.stats = None, None
+        feats = []
+        for batch in iter_batches(images, self.config.batch_size):
+            aug = augment_support(batch) if self.opts["augment"] else batch
+            feats.extend(self.features(b) for b in aug.split(self.config.batch_size))
+        if not feats:
+            raise ValueError("regad: needs at least 1 normal support image (few-shot method)")
+        f = torch.cat(feats)
+        if f.shape[0] < 2:
+            raise ValueError("regad: needs at least 2 support feature sets (1 image with augment=True)")
+        eps, step = float(self.opts["eps"]), max(1, int(self.opts["fit_chunk"]))
+        means, chols = [], []
+        for s in range(0, f.shape[1], step):
+            st = fit_gaussian(f[:, s : s + step], eps)
+            means.append(st.mean)
+            chols.append(st.chol)
+        # the covariance is not kept (only mean + Cholesky factor are used by ``mahalanobis``)
+        self.stats = GaussianStats(torch.cat(means), torch.empty(0), torch.cat(chols))
+
+    def distance(self, images: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of each grid position to its support Gaussian ``[N, h, w]``."""
+        if self.stats is None:
+            raise RuntimeError("regad: call fit() with support images before scoring")
+        f = self.features(images)
+        return mahalanobis(f, self.stats).reshape(f.shape[0], *self.grid)
+
+    def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
+        maps = upsample_blur(self.distance(images), self._pre.size, float(self.opts["sigma"]))
+        if self.opts["score"] == "max":
+            scores = maps.flatten(1).max(1).values
+        else:
+            scores = topk_mean(maps, float(self.opts["topk"]))
+        return AnomalyResult(scores, maps)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
+                "registration": "none (training-free, no STN)", "n_augment": N_AUGMENT if self.opts["augment"] else 1,
+                **{k: v for k, v in self.opts.items() if k != "layers"}}
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        if self.stats is None:
+            return {}
+        state = {"mean": self.stats.mean, "chol": self.stats.chol, "grid": torch.tensor(self.grid)}
+        if self.channels is not None:
+            state["channels"] = self.channels
+        return state
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            self.channels, self.stats, self.grid = None, None, None
+            return
+        self.channels = state.get("channels")
+        self.grid = tuple(int(v) for v in state["grid"])
+        self.stats = GaussianStats(state["mean"], torch.empty(0), state["chol"])
