@@ -20,7 +20,7 @@ from fewshot.preprocess import Preprocess
 from fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "dinov2_vits14"
-DEFAULT_SIZE = 448
+DEFAULT_SIZE = 224
 DEFAULTS: dict[str, Any] = {
     "layers": None,
     "augment": "none",
@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "sigma": 4.0,
     "metric": None,
     "k": 1,
+    "r": 1,
 }
 AUGMENTS = ("none", "rot4", "dihedral8")
 
@@ -62,7 +63,8 @@ class PatchKNN(AnomalyMethod):
 
     Options (``MethodConfig.options``): ``layers`` (encoder default), ``augment``
     (``none`` | ``rot4`` | ``dihedral8``), ``top_fraction`` 0.01, ``sigma`` 4.0, ``metric``
-    (``None`` = the encoder's: cosine for ViTs, l2 for CNNs), ``k`` 1.
+    (``None`` = the encoder's: cosine for ViTs, l2 for CNNs), ``k`` 1, ``r`` 1 (local
+    ``r x r`` aggregation of each layer before fusion, as PatchCore's 3 x 3).
 
     Deviations from AnomalyDINO: no zero-shot foreground masking (PCA of patch features) and
     no arbitrary-angle rotations; the shots are augmented only by exact square symmetries.
@@ -79,9 +81,17 @@ class PatchKNN(AnomalyMethod):
         if self.opts["augment"] not in AUGMENTS:
             raise ValueError(f"knn: unknown augment {self.opts['augment']!r}; use one of {AUGMENTS}")
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._default_size())
-        self.layers = parse_layers(self.opts["layers"]) or list(self.encoder.default_layers)
+        self.layers = parse_layers(self.opts["layers"]) or self._default_layers()
         self.metric = self.opts["metric"] or self.encoder.metric
         self.memory: torch.Tensor | None = None
+
+    def _default_layers(self) -> list[int | str]:
+        """ViTs: blocks at 1/2 and 3/4 depth (``[5, 8]`` for 12 blocks); CNNs: the encoder's."""
+        ints = [x for x in self.encoder.layers if isinstance(x, int)]
+        if ints:
+            depth = max(ints) + 1
+            return [depth // 2 - 1, 3 * depth // 4 - 1]
+        return list(self.encoder.default_layers)
 
     def _default_size(self) -> int | None:
         return DEFAULT_SIZE if (self.config.encoder or DEFAULT_ENCODER) == DEFAULT_ENCODER else None
@@ -93,7 +103,7 @@ class PatchKNN(AnomalyMethod):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` -> fused patch features ``[N, h, w, C]``."""
         feats = self.encoder.patch_features(images, self.layers)
-        return fuse_layers(feats, normalize=self.metric == "cosine")
+        return fuse_layers(feats, r=int(self.opts["r"]), normalize=self.metric == "cosine")
 
     def _fit(self, images: Images) -> None:
         bank = []
