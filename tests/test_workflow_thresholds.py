@@ -69,3 +69,21 @@ def test_loo_unavailable_cases(refs):
     assert cal.threshold is None and cal.source == "none" and "scores only" in cal.description
     cal0 = calibrate_loo(zero, refs[:1], ThresholdRule())  # one reference: held out -> zero-shot model
     np.testing.assert_allclose(cal0.loo_scores, [float(zero.fit(None).predict(zero.prepare(refs[:1])).image_scores[0])])
+
+
+def test_references_encoded_once_and_cache_dropped(refs):
+    """LOO + final fit encode each reference once (feature cache), and the cache is gone afterwards."""
+    m = create_method("knn", MethodConfig(allow_random=True, image_size=56, batch_size=4))
+    seen = []
+    inner = m.encoder._patch_features
+
+    def counting(images, layers):
+        seen.append(images.shape[0])
+        return inner(images, layers)
+
+    m.encoder._patch_features = counting
+    cal, _ = fit_references(m, refs[:3], seed=0)
+    assert sum(seen) == 3 and m.encoder._cache is None
+    plain = calibrate_loo(m, refs[:3], ThresholdRule())  # no cache: every LOO fit re-encodes
+    assert sum(seen) == 3 + 3 * 2 + 3
+    np.testing.assert_allclose(cal.loo_scores, plain.loo_scores, rtol=1e-5)

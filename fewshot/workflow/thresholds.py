@@ -12,9 +12,10 @@ zero-shot runs without references, the run gives scores only unless ``--threshol
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,24 +105,17 @@ def loo_unavailable_reason(method: AnomalyMethod, n_refs: int) -> str | None:
 def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: ThresholdRule, seed: int = 0) -> Calibration:
     """Leave-one-out threshold on ``refs``; ``method`` is left fitted on a subset (refit it).
 
-    Encoder feature caches are enabled for the duration so each reference is encoded once.
+    Wrap the call in ``feature_cache(method)`` to encode each reference once.
     """
     reason = loo_unavailable_reason(method, len(refs))
     if reason:
-        return Calibration(None, "none", "", f"no threshold: {reason}; scores only (give --threshold to decide)")
-    encoders = _encoders(method)
-    for enc in encoders:
-        enc.enable_cache(1 << 30)
-    try:
-        scores = []
-        for i in range(len(refs)):
-            rest = [r for j, r in enumerate(refs) if j != i]
-            torch.manual_seed(seed)
-            method.fit(method.prepare(rest) if rest else None)
-            scores.append(float(method.predict(method.prepare([refs[i]])).image_scores[0]))
-    finally:
-        for enc in encoders:
-            enc.disable_cache()
+        return no_threshold(reason)
+    scores = []
+    for i in range(len(refs)):
+        rest = [r for j, r in enumerate(refs) if j != i]
+        torch.manual_seed(seed)
+        method.fit(method.prepare(rest) if rest else None)
+        scores.append(float(method.predict(method.prepare([refs[i]])).image_scores[0]))
     value = rule.apply(scores)
     desc = (f"threshold {value:.6g} = {rule} of {len(scores)} leave-one-out scores of the normal references "
             f"(each scored by a model fitted on the other {len(refs) - 1})")
@@ -133,7 +127,20 @@ def no_threshold(reason: str) -> Calibration:
     return Calibration(None, "none", "", f"no threshold: {reason}; scores only (give --threshold to decide)")
 
 
-def _encoders(method: AnomalyMethod) -> list[Any]:
+@contextlib.contextmanager
+def feature_cache(method: AnomalyMethod, max_bytes: int = 1 << 30) -> Iterator[None]:
+    """Memoise the patch features of the method's encoders (attributes) inside the block.
+
+    Features are cached per image content, so the K leave-one-out fits and the final fit
+    encode each reference once; the cache is dropped on exit (targets are never cached).
+    """
     from fewshot.encoders.base import Encoder
 
-    return [v for v in vars(method).values() if isinstance(v, Encoder)]
+    encoders = [v for v in vars(method).values() if isinstance(v, Encoder)]
+    for enc in encoders:
+        enc.enable_cache(max_bytes)
+    try:
+        yield
+    finally:
+        for enc in encoders:
+            enc.disable_cache()
