@@ -144,3 +144,38 @@ def test_missing_pretrained_weights_raise_how_to_get_them(tmp_path, monkeypatch)
         create_encoder("mae_vitb16_pretrain")
     with pytest.raises(WeightsNotFoundError):
         create_method("maeday", MethodConfig())
+
+
+def test_hf_snapshot_with_legacy_keys_and_config_json_loads(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from fewshot.encoders.base import WeightInfo
+    from fewshot.encoders.mae_pretrain import MAEPretrainEncoder
+
+    src = _tiny().encoder
+    legacy = {}
+    for k, v in src.model.state_dict().items():  # current names -> transformers-4.x names
+        k = k.replace("vit.layers.", "vit.encoder.layer.")
+        for new, old in (("q_proj", "attention.query"), ("k_proj", "attention.key"), ("v_proj", "attention.value"),
+                         ("o_proj", "output.dense"), ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+            k = k.replace(f"attention.{new}" if "proj" in new else new, f"attention.{old}" if "proj" in new else old)
+        legacy[k] = v.contiguous()
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in legacy
+    assert "decoder.decoder_layers.0.attention.output.dense.bias" in legacy
+    assert "vit.encoder.layer.1.output.dense.weight" in legacy
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    save_file(legacy, str(snap / "model.safetensors"))
+    (snap / "config.json").write_text(json.dumps({"model_type": "vit_mae", **TINY, "norm_pix_loss": True}))
+    enc = MAEPretrainEncoder(WeightInfo("file", str(snap / "model.safetensors"), "test")).eval()
+    assert enc.norm_pix_loss and enc.patch_size == 8 and enc.preprocess.size == 64
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    noise = mask_noise(2, 64, 0)
+    pred, target, hidden = enc.reconstruct(x, noise)
+    pred0, target0, hidden0 = src.reconstruct(x, noise)
+    assert torch.allclose(pred, pred0, atol=1e-6) and torch.equal(hidden, hidden0)
+    per_patch = _patchify(enc.normalize(x), 8)
+    per_patch = (per_patch - per_patch.mean(-1, keepdim=True)) / (per_patch.var(-1, keepdim=True) + 1e-6).sqrt()
+    assert torch.allclose(target, per_patch, atol=1e-5)  # norm_pix_loss: per-patch normalised target

@@ -9,13 +9,15 @@ Architecture: ``ViTMAEConfig()`` defaults = ``facebook/vit-mae-base`` (ViT-B/16 
 512-wide decoder, 224 px), buildable offline; when the weights sit next to a ``config.json``
 of ``model_type`` ``vit_mae`` (HF snapshot) that configuration is used instead (e.g. its
 ``norm_pix_loss``). Weights: HF ``model.safetensors`` / ``pytorch_model.bin`` of
-``ViTMAEForPreTraining`` (strict load). Input: bicubic square resize, ImageNet mean/std; other
+``ViTMAEForPreTraining`` (strict load; transformers-4.x key names, as in the hub files, are
+renamed by ``legacy_vitmae_keys``; the hub download also fetches ``config.json``). Input: bicubic square resize, ImageNet mean/std; other
 sides than the config's (multiples of 16) interpolate the position embeddings.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,49 @@ from fewshot.preprocess import Preprocess
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HF_REPO = "facebook/vit-mae-base"
+
+
+#: transformers 4.x ViTMAE key names -> the current module names (applied in order)
+_LEGACY_RENAMES = (
+    (re.compile(r"^vit\.encoder\.layer\."), "vit.layers."),
+    (re.compile(r"attention\.attention\.(query|key|value)\."), None),
+    (re.compile(r"attention\.output\.dense\."), "attention.o_proj."),
+    (re.compile(r"intermediate\.dense\."), "mlp.fc1."),
+    (re.compile(r"(?<!attention\.)output\.dense\."), "mlp.fc2."),
+)
+
+
+def legacy_vitmae_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename transformers-4.x ``ViTMAEForPreTraining`` keys (``vit.encoder.layer.N.attention.attention.query``,
+    ``intermediate.dense``, ...) to the current ones (``vit.layers.N.attention.q_proj``, ``mlp.fc1``, ...)."""
+    if not any(".attention.attention." in k or k.startswith("vit.encoder.layer.") for k in sd):
+        return sd
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in _LEGACY_RENAMES:
+            if repl is None:
+                k = pattern.sub(lambda m: f"attention.{m[1][0]}_proj.", k)
+            else:
+                k = pattern.sub(repl, k)
+        out[k] = v
+    return out
+
+
+class _HubWithConfig:
+    """``facebook/vit-mae-base`` weights from the HF cache/hub, plus its ``config.json`` when downloading."""
+
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+        self.files = HubSources(HFFile(repo, "model.safetensors"), HFFile(repo, "pytorch_model.bin"))
+
+    def __repr__(self) -> str:
+        return repr(self.files)
+
+    def __call__(self, local_only: bool) -> str | None:
+        got = self.files(local_only)
+        if got and not local_only and not (Path(got).parent / "config.json").is_file():
+            HFFile(self.repo, "config.json")(False)  # same snapshot folder: norm_pix_loss etc.
+        return got
 
 
 def _config_next_to(path: str | None) -> dict[str, Any]:
@@ -76,7 +121,7 @@ class MAEPretrainEncoder(Encoder):
         self.name = name
         self.model = ViTMAEForPreTraining(config)
         if weights.path is not None:
-            load_strict(self.model, read_state_dict(weights.path), weights.path)
+            load_strict(self.model, legacy_vitmae_keys(read_state_dict(weights.path)), weights.path)
         depth = int(config.num_hidden_layers)
         self._layers: list[int | str] = [*range(depth), *(f"raw{k}" for k in range(depth))]
 
@@ -185,7 +230,7 @@ def _make(info: WeightInfo, *, device: str = "cpu", precision: str = "fp32",
 register_encoder(
     "mae_vitb16_pretrain", _make,
     WeightSpec(key="mae_vitb16_pretrain", filename="mae_vitb16_pretrain.safetensors",
-               hub=HubSources(HFFile(HF_REPO, "model.safetensors"), HFFile(HF_REPO, "pytorch_model.bin")),
+               hub=_HubWithConfig(HF_REPO),
                hub_name=f"hf:{HF_REPO}",
                howto=f"accepted files: a HF ViTMAEForPreTraining state dict ({HF_REPO} model.safetensors or "
                      "pytorch_model.bin) or its snapshot directory (its config.json is then used)"),
