@@ -10,7 +10,8 @@ Usage::
 2 threads; peak RSS (``ru_maxrss``) and peak Python-heap allocation (tracemalloc) of one
 BTF predict. ``compare``: image AUROC (all / geometric-only / colour-only defects),
 pixel AUROC and AUPRO of ``btf`` (both fusion normalisations), ``fpfh``, ``rgb`` and ``depth``
-on a synthetic MVTec 3D-AD-format set.
+on a synthetic MVTec 3D-AD-format set (``btf`` with ``fusion_norm=none`` is BTF's raw
+concatenation; plain ``btf`` is fsiad's default, see ``pointcloud.methods``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def bench_time(size: int, runs: int, encoder: str | None, threads: int) -> None:
         med = statistics.median(ts)
         print(f"| {name} | {med:.3f} | {1 / med:.2f} |")
     print(f"peak RSS {rss:.0f} MiB (whole process); peak Python-heap during one BTF predict {peak_heap / 2**20:.1f} MiB; "
-          f"memory bank {tuple(method.memory.shape)}")
+          f"memory banks { {k: tuple(v.shape) for k, v in method.banks.items()} }")
 
 
 def bench_compare(size: int, shots: int, seeds: list[int], n_test: int, encoder: str | None, threads: int) -> None:
@@ -91,7 +92,8 @@ def bench_compare(size: int, shots: int, seeds: list[int], n_test: int, encoder:
     from pointcloud.synthetic import COLOR_DEFECTS, GEOMETRIC_DEFECTS, generate_mvtec3d
 
     _setup(threads)
-    variants = [("btf", {}), ("btf", {"fusion_norm": "none"}), ("fpfh", {}), ("rgb", {}), ("depth", {})]
+    variants = [("btf", {"fusion_norm": "none"}), ("btf", {"fusion_norm": "std"}), ("btf", {}),
+                ("btf", {"fusion": "scores"}), ("fpfh", {}), ("rgb", {}), ("depth", {})]
     rows: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         generate_mvtec3d(tmp, categories=("dome", "torus"), n_train=12, n_validation=0, n_test_good=n_test,

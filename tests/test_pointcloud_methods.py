@@ -44,8 +44,8 @@ def test_btf_beats_single_modalities_on_mixed_defects(mixed, batches):
     geo = np.array([s.defect in ("good", "dent", "crack") for s in mixed.test])
     col = np.array([s.defect in ("good", "color") for s in mixed.test])
     auc, family = {}, {}
-    for name in ("btf", "fpfh", "rgb"):
-        m = create_method(name, _cfg()).fit(train)
+    for name, opts in (("btf", {}), ("fpfh", {}), ("rgb", {}), ("btf-scores", {"fusion": "scores"})):
+        m = create_method(name.split("-")[0], _cfg(options=opts)).fit(train)
         r = m.predict(test)
         assert r.anomaly_maps.shape == (len(mixed.test), SIZE, SIZE) and torch.isfinite(r.anomaly_maps).all()
         s = r.image_scores.numpy()
@@ -54,6 +54,7 @@ def test_btf_beats_single_modalities_on_mixed_defects(mixed, batches):
     print("I-AUROC", auc, "geometric/colour", family)
     assert auc["btf"] > auc["fpfh"] + 0.05 and auc["btf"] > auc["rgb"] + 0.05, auc
     assert auc["btf"] >= 0.85, auc
+    assert auc["btf-scores"] > auc["fpfh"] + 0.05 and auc["btf-scores"] > auc["rgb"] + 0.05, auc
     assert family["fpfh"][0] >= 0.9 and family["rgb"][1] >= 0.9  # each sees its own family
 
 
@@ -107,6 +108,7 @@ def test_options_and_coreset(batches):
     # every coreset row is a row of the full bank (same normalisation statistics)
     d = (cs.memory[:, None] - full.memory[None]).abs().amax(-1).min(1).values
     assert float(d.max()) < 1e-4
+    assert full.describe()["regime"] == "few-shot" and cs.describe()["regime"] == "full-data"
     raw = create_method("fpfh", MethodConfig(image_size=SIZE, options={"fusion_norm": "none"})).fit(train)
     assert float(raw.stats["scale.fpfh"]) == 1.0 and float(full.stats["scale.fpfh"]) != 1.0
 
@@ -119,7 +121,7 @@ def test_rgb_method_needs_colour(tmp_path, mixed):
         m.prepare([rgbd_sample(None, mixed.test[0].extra["xyz"])])
 
 
-def test_depth_and_btf_random_encoder_smoke(batches):
+def test_depth_and_btf_random_encoder_smoke(batches, tmp_path):
     train, test = batches
     for name in ("depth", "btf"):
         m = create_method(name, _cfg(allow_random=True, options={"weights": {"fpfh": 2.0}})).fit(train)
@@ -128,6 +130,20 @@ def test_depth_and_btf_random_encoder_smoke(batches):
         d = m.describe()
         assert d["encoder"]["encoder"] == ENCODER and d["encoder"]["weights_source"] == "random"
     assert m.weights == {"rgb": 1.0, "fpfh": 2.0}
+    # score-level fusion: one bank per modality, patch score sqrt(d_rgb^2 + d_fpfh^2); round-trips
+    s = create_method("btf", _cfg(allow_random=True, options={"fusion": "scores"})).fit(train)
+    assert set(s.banks) == {"rgb", "fpfh"} and s.memory is None
+    ps = s.patch_scores(test[:2])
+    parts = []
+    for mod in ("rgb", "fpfh"):
+        single = create_method("fpfh" if mod == "fpfh" else "rgb", _cfg(allow_random=True)).fit(train)
+        single.stats = {k: v for k, v in s.stats.items() if k.endswith(mod)}  # same normalisation
+        single.banks = {"fused": s.banks[mod]}
+        parts.append(single.patch_scores(test[:2]))
+    torch.testing.assert_close(ps, (parts[0] ** 2 + parts[1] ** 2).sqrt())
+    s.save(tmp_path / "s")
+    loaded = AnomalyMethod.load(tmp_path / "s")
+    torch.testing.assert_close(loaded.predict(test[:2]).image_scores, s.predict(test[:2]).image_scores)
 
 
 def test_batch_concat_and_slice(batches):
@@ -151,3 +167,18 @@ def test_fsiad_eval_on_synthetic(mixed_root, tmp_path):  # noqa: F811
     for k in ("image_auroc", "pixel_auroc", "pixel_aupro"):
         assert 0.5 < row[k]["mean"] <= 1.0, (k, row)
     assert doc["meta"]["encoder"] == ENCODER and doc["meta"]["method"] == "btf"
+
+
+def test_clean_option_blanks_background(mixed, tmp_path, monkeypatch):
+    from pointcloud.io import valid_mask
+
+    monkeypatch.setenv("FSIAD_HOME", str(tmp_path))
+    raw = create_method("fpfh", MethodConfig(image_size=SIZE)).prepare(mixed.train[:1])
+    m = create_method("fpfh", MethodConfig(image_size=SIZE, options={"clean": True}))
+    b = m.prepare(mixed.train[:1])
+    before, after = valid_mask(raw.xyz[0].numpy()), valid_mask(b.xyz[0].numpy())
+    assert after.sum() < 0.5 * before.sum() and not (after & ~before).any()
+    removed = torch.from_numpy(before & ~after)
+    assert b.rgb[0][:, removed].median() < 0.02 < 0.1 < raw.rgb[0][:, removed].median()  # BTF blanks the RGB too
+    assert m.describe()["cleaning"]["dbscan_eps"] == 0.006
+    assert list((tmp_path / "cache" / "pointcloud").glob("*.npz"))
