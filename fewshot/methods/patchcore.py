@@ -126,7 +126,7 @@ class PatchCore(AnomalyMethod):
             seed = 0 if self.opts["seed"] is None else int(self.opts["seed"])
             idx = approximate_greedy_coreset(bank_t, ratio=ratio, proj_dim=int(self.opts["proj_dim"]),
                                              num_starts=int(self.opts["num_starts"]), seed=seed)
-            bank_t = bank_t[idx].clone()
+            bank_t = bank_t[idx]
         self.memory = bank_t.contiguous()
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
