@@ -39,9 +39,10 @@ def _reference_options(f: Callable) -> Callable:
         click.option("--threshold-rule", default="max", show_default=True,
                      help="Rule over the leave-one-out scores of the references: 'max' or 'mean+<k>std'."),
     ]
+    f = method_options(f)
     for opt in reversed(opts):
         f = opt(f)
-    return method_options(f)
+    return f
 
 
 def _target_options(f: Callable) -> Callable:
@@ -188,7 +189,16 @@ def score(targets: tuple[Path, ...], out: Path, shots: int, seed: int, method: s
           chunk_size: int | None, quiet: bool, **kwargs: Any) -> None:
     """Score TARGET images (files or folders) against K normal references; write OUT/report.html.
 
-    Example: fsiad score --shots 4 --normal good/ --out runs/a new_images/
+    OUT gets scores.csv (path, name, score, decision, label), maps/<name>.npy, overlays/<name>.png,
+    report.html (self-contained), run.json, and errors.csv listing unreadable targets. Without
+    --threshold, the threshold is the --threshold-rule (default max) of the leave-one-out scores
+    of the K references (each scored by the method fitted on the other K-1); decision: anomalous
+    when score >= threshold.
+
+    \b
+    Examples:
+      fsiad score --shots 4 --demo textile --out runs/demo
+      fsiad score --shots 4 --normal good/ --out runs/a new_images/
     """
     from fewshot.workflow.demo import load_demo
     from fewshot.workflow.runner import score_targets
