@@ -177,6 +177,17 @@ def _finish(m: Any, run: Any, out: Path, calibration: Any, settings: dict, refs:
         click.echo(f"at the threshold: TP {metrics['true_positives']}, FP {metrics['false_positives']}, "
                    f"TN {metrics['true_negatives']}, FN {metrics['false_negatives']}")
     click.echo(f"report: {out / 'report.html'}  (scores: {out / 'scores.csv'}; {record['wall_s']:.0f} s)")
+    if record["n_scored"] == 0:
+        raise click.ClickException(f"none of the {record['n_errors']} target(s) could be read; see {out / 'errors.csv'}")
+
+
+def _warn_overlap(refs: list[Sample], samples: list[Sample]) -> int:
+    """Warn when targets are also references (they score near zero); return how many."""
+    ref_paths = {r.path.resolve() for r in refs}
+    n = sum(s.path.resolve() in ref_paths for s in samples)
+    if n:
+        click.echo(f"warning: {n} target(s) are also reference images (their scores are not a fair test)", err=True)
+    return n
 
 
 @click.command("score")
@@ -211,8 +222,10 @@ def score(targets: tuple[Path, ...], out: Path, shots: int, seed: int, method: s
         m, cfg, refs, calibration, info = _fit(shots, seed, method, normal, demo, threshold, threshold_rule,
                                                kwargs, demo_cat)
         _prepare_out(out)
+        n_overlap = _warn_overlap(refs, samples)
         run = score_targets(m, samples, out, chunk_size=chunk, seed=seed, progress=not quiet)
         settings = {"command": "score", "argv": sys.argv[1:], "method": method, **info,
+                    "targets_also_references": n_overlap,
                     "targets": [str(t) for t in targets], "n_targets": len(samples), "labels": str(labels) if labels else None,
                     "demo_size": demo_size if demo else None, "demo_target_seed": DEMO_TARGET_SEED if demo else None,
                     "chunk_size": chunk, "config": asdict(cfg)}
@@ -274,13 +287,14 @@ def predict(targets: tuple[Path, ...], model_dir: Path, out: Path, threshold: fl
         chunk = chunk_size or int(meta.get("chunk_size", 32))
         refs = [Sample(path=Path(p), label=0) for p in meta.get("references", [])]
         _prepare_out(out)
+        n_overlap = _warn_overlap(refs, samples)
         run = score_targets(m, samples, out, chunk_size=chunk, seed=int(meta.get("seed", 0)), progress=not quiet)
         settings = {"command": "predict", "argv": sys.argv[1:], "model": str(model_dir), "method": m.name,
                     **{k: meta.get(k) for k in ("shots", "seed", "normal", "demo", "threshold_rule", "references")},
                     "targets": [str(t) for t in targets], "n_targets": len(samples),
                     "labels": str(labels) if labels else None, "demo_size": demo_size if demo else None,
                     "demo_target_seed": DEMO_TARGET_SEED if demo else None, "chunk_size": chunk,
-                    "overrides": overrides, "config": asdict(m.config), "timings": {"load_s": round(load_s, 3)}}
+                    "targets_also_references": n_overlap, "overrides": overrides, "config": asdict(m.config), "timings": {"load_s": round(load_s, 3)}}
         _finish(m, run, out, calibration, settings, _existing(refs), quiet, t0)
 
 

@@ -76,6 +76,17 @@ def test_unreadable_target_listed_and_run_continues(tree, tmp_path):
     assert "1 not scored" in r.output
     assert str(bad) in (out / "report.html").read_text()
     assert json.loads((out / "run.json").read_text())["n_errors"] == 1
+    r = invoke("score", "--method", "wf_pixdiff", "--shots", 2, "--normal", tree["normal"], "--out", tmp_path / "all",
+               "-q", bad)
+    assert r.exit_code != 0 and "none of the 1 target(s) could be read" in r.output
+    assert (tmp_path / "all" / "errors.csv").is_file() and (tmp_path / "all" / "report.html").is_file()
+
+
+def test_targets_that_are_references_are_flagged(tree, tmp_path):
+    r = CliRunner().invoke(app, ["score", "--method", "wf_pixdiff", "--shots", "6", "--normal", str(tree["normal"]),
+                                 "--out", str(tmp_path / "o"), "-q", str(tree["normal"])], catch_exceptions=False)
+    assert r.exit_code == 0 and "warning: 6 target(s) are also reference images" in r.output
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["settings"]["targets_also_references"] == 6
 
 
 @pytest.mark.parametrize("case", ["no_targets", "empty_normal", "target_folder_without_images", "missing_target",
