@@ -9,6 +9,8 @@ precision it reports the median over ``--repeats`` runs of:
       image-level pass and, by default, the five multi-crop forwards);
     * efficiency = time per image / (tokens encoded / tokens of one plain forward x plain time);
       1.0 means the windowed encoding costs exactly its token work, the target is <= 1.2;
+      given on wall time and on process CPU time (less sensitive to a shared, loaded machine);
+    * the three timings are taken round-robin each repeat, after one warm-up round;
     * peak RSS (``ru_maxrss``, process-wide, monotone over the run).
 """
 
@@ -28,14 +30,23 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def _round_robin(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, cpu) per function, timing the functions in turn each round (load drift
+    on a shared machine then hits all of them alike); one warm-up round first."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            runs[k].append(_timed(fn))
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
 
 
 def _peak_rss_mb() -> float:
@@ -72,20 +83,24 @@ def main() -> None:
     opts = {"multi_crop": not args.no_multi_crop}
     print(f"# WinCLIP CPU benchmark: {args.encoder} random-init, {args.threads} threads, "
           f"{args.images} images/call, median of {args.repeats}, multi_crop={opts['multi_crop']}")
-    print("| precision | mode | s/image | images/s | tokens/image | plain s/image | efficiency | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| precision | mode | s/image | images/s | tokens/image | plain s/image | efficiency (wall) "
+          "| efficiency (CPU time) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         enc = create_encoder(args.encoder, allow_random=True, precision=precision)
         zs = WinCLIP(MethodConfig(class_name="bottle", options=opts, batch_size=args.images), encoder=enc).fit()
         fs = WinCLIP(MethodConfig(class_name="bottle", options=opts, batch_size=args.images), encoder=enc).fit(shots)
-        plain = _median_time(lambda e=enc: e.image_embedding(queries), args.repeats) / args.images
+        t = _round_robin({"plain": lambda e=enc: e.image_embedding(queries),
+                          "zero-shot": lambda m=zs: m.predict(queries), "4-shot": lambda m=fs: m.predict(queries)},
+                         args.repeats)
         ntok, plain_tok = tokens_per_image(zs), 1 + enc.num_patches
-        for mode, method in (("zero-shot", zs), ("4-shot", fs)):
-            per = _median_time(lambda m=method: m.predict(queries), args.repeats) / args.images
-            eff = per / (ntok / plain_tok * plain)
-            print(f"| {precision} | {mode} | {per:.3f} | {1 / per:.2f} | {ntok} | {plain:.4f} | {eff:.2f} | "
-                  f"{_peak_rss_mb():.0f} |", flush=True)
-
+        plain_w, plain_c = (v / args.images for v in t["plain"])
+        for mode in ("zero-shot", "4-shot"):
+            per_w, per_c = (v / args.images for v in t[mode])
+            eff_w = per_w / (ntok / plain_tok * plain_w)
+            eff_c = per_c / (ntok / plain_tok * plain_c)
+            print(f"| {precision} | {mode} | {per_w:.3f} | {1 / per_w:.2f} | {ntok} | {plain_w:.4f} | {eff_w:.2f} | "
+                  f"{eff_c:.2f} | {_peak_rss_mb():.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()
