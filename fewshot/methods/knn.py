@@ -109,7 +109,9 @@ class PatchKNN(AnomalyMethod):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` -> fused patch features ``[N, h, w, C]``."""
-        feats = self.encoder.patch_features(images, self.layers)
+        return self._fuse(self.encoder.patch_features(images, self.layers))
+
+    def _fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return fuse_layers(feats, r=int(self.opts["r"]), normalize=self.metric == "cosine")
 
     def _fit(self, images: Images) -> None:
@@ -122,7 +124,11 @@ class PatchKNN(AnomalyMethod):
         self.memory = torch.cat(bank)
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
-        f = self.features(images)
+        return self.score_features(self.encoder.patch_features(images, self.layers))
+
+    def score_features(self, feats: list[torch.Tensor]) -> AnomalyResult:
+        """Everything after the encoder forward: per-layer ``[N, h, w, C_l]`` -> result."""
+        f = self._fuse(feats)
         n, h, w, c = f.shape
         d, _ = knn_search(f.reshape(-1, c), self.memory, k=int(self.opts["k"]), metric=self.metric)
         grid = d.mean(1).reshape(n, h, w)
