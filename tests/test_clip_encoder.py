@@ -53,6 +53,10 @@ def test_full_window_equals_plain_forward(tiny):
     plain = tiny.model.encode_image(tiny.normalize(x))
     torch.testing.assert_close(win, plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(tiny.image_embedding(x), plain, atol=1e-5, rtol=0)
+    # the block re-implementation (fast path) is what ran; open_clip's own blocks agree
+    assert tiny._plain_blocks
+    tiny._plain_blocks = False
+    torch.testing.assert_close(tiny.window_embeddings(x, all_patches)[:, 0], win, atol=1e-5, rtol=0)
 
 
 @torch.inference_mode()

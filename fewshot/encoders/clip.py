@@ -30,7 +30,8 @@ from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.transformer import VisionTransformer
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from fewshot.encoders.base import Encoder, WeightInfo
 from fewshot.encoders.registry import RANDOM_SEED, register_encoder
@@ -96,6 +97,7 @@ class CLIPEncoder(Encoder):
         self.chunk_tokens = int(chunk_tokens)
         self.text_cache = text_cache
         self._text_memo: dict[str, torch.Tensor] = {}
+        self._plain_blocks = all(_is_plain_block(b) for b in visual.transformer.resblocks)
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -139,7 +141,12 @@ class CLIPEncoder(Encoder):
     def _encode_sequences(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``ln_pre`` -> transformer -> pool -> proj on ``[B, L, width]``: (``[B, D]``, tokens)."""
         v = self.visual
-        x = v.transformer(v.ln_pre(seq))
+        x = v.ln_pre(seq)
+        if self._plain_blocks:
+            for block in v.transformer.resblocks:
+                x = _block_forward(block, x)
+        else:
+            x = v.transformer(x)
         pooled, tokens = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
@@ -268,6 +275,31 @@ class CLIPEncoder(Encoder):
 
     def describe(self) -> dict:
         return {**super().describe(), "model_id": self.model_id, "image_size": self.preprocess.size}
+
+
+def _is_plain_block(block: torch.nn.Module) -> bool:
+    """A standard open_clip self-attention block that ``_block_forward`` reproduces exactly."""
+    a = getattr(block, "attn", None)
+    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and isinstance(a, torch.nn.MultiheadAttention) and a.batch_first and a._qkv_same_embed_dim
+            and a.bias_k is None and not a.add_zero_attn)
+
+
+def _block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` for ``[B, L, C]`` without ``nn.MultiheadAttention``'s sequence-first transpose.
+
+    The projections then see contiguous ``[B*L, C]`` inputs (one GEMM each), which matters for
+    the many short window sequences, notably under bf16 autocast on CPU where the transposed
+    path falls back to slow batched matmuls. Same operations, same weights.
+    """
+    a = block.attn
+    b, n, c = x.shape
+    heads = a.num_heads
+    qkv = F.linear(block.ln_1(x), a.in_proj_weight, a.in_proj_bias)
+    q, k, v = qkv.reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+    x = x + block.ls_1(F.linear(o, a.out_proj.weight, a.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _atomic_save(t: torch.Tensor, path: Path) -> None:
