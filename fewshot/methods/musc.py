@@ -127,6 +127,11 @@ class MuSc(AnomalyMethod):
     (the official unfold counts zero padding); maps are blurred (the official code only
     upsamples).
 
+    Cost: ``len(layers) * len(r_list) * N * subset_size * P^2 * C`` multiply-adds (P patches,
+    C channels); on 2 CPU cores use fewer layers / smaller subsets, e.g. magnetic_tile (583
+    images) with ``layers=[5, 8]``, ``subset_size=50``: image AUROC 0.760, pixel AUROC 0.710,
+    AUPRO 0.575.
+
     Options: ``layers``, ``r_list`` (1, 3, 5), ``fraction`` 0.3, ``k_list`` (1, 2, 3),
     ``subset_size`` 200 (``None`` = all images), ``embedding`` ``mean`` | ``cls``, ``seed`` 0,
     ``sigma`` 4, ``block`` 8 (images per matmul block).
