@@ -82,6 +82,13 @@ class AnomalyMethod(ABC):
         self.config = config or MethodConfig()
         self.fitted = False
 
+    def resolve_options(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """``defaults`` updated with ``config.options``; unknown keys raise one clear error."""
+        unknown = set(self.config.options) - set(defaults)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown options {sorted(unknown)}; known: {sorted(defaults)}")
+        return {**defaults, **self.config.options}
+
     # -- contract -----------------------------------------------------------------------
     @property
     @abstractmethod

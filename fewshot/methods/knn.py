@@ -81,10 +81,7 @@ class PatchKNN(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"knn: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         if self.opts["augment"] not in AUGMENTS:
             raise ValueError(f"knn: unknown augment {self.opts['augment']!r}; use one of {AUGMENTS}")
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._default_size())

@@ -103,10 +103,7 @@ class MAEDAY(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"maeday: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         if not 0.0 < float(self.opts["keep_ratio"]) < 1.0:
             raise ValueError(f"maeday: keep_ratio must be in (0, 1), got {self.opts['keep_ratio']}")
         self.encoder = self._build_encoder()

@@ -142,10 +142,7 @@ class MuSc(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"musc: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         if self.opts["embedding"] not in ("mean", "cls"):
             raise ValueError(f"musc: embedding must be 'mean' or 'cls', got {self.opts['embedding']!r}")
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER)

@@ -42,10 +42,7 @@ class PaDiM(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"padim: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER)
         family = "resnet" if "layer1" in self.encoder.layers else "efficientnet"
         default = DEFAULT_LAYERS[family] if all(x in self.encoder.layers for x in DEFAULT_LAYERS[family]) else None

@@ -94,10 +94,7 @@ class PatchCore(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"patchcore: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER)
         self.layers = parse_layers(self.opts["layers"]) or list(self.encoder.default_layers)
         self.memory: torch.Tensor | None = None

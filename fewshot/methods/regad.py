@@ -109,10 +109,7 @@ class RegAD(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"regad: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         if self.opts["score"] not in ("max", "topk"):
             raise ValueError(f"regad: score must be 'max' or 'topk', got {self.opts['score']!r}")
         self._pre = Preprocess(self.config.image_size or 224, interpolation="bicubic")

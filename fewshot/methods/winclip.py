@@ -113,10 +113,7 @@ class WinCLIP(AnomalyMethod):
 
     def __init__(self, config: MethodConfig | None = None, encoder: CLIPEncoder | None = None) -> None:
         super().__init__(config)
-        unknown = set(self.config.options) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"winclip: unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **self.config.options}
+        self.opts = self.resolve_options(DEFAULTS)
         self.prompt_set = load_prompts(self.config.prompts)
         self.encoder = encoder if encoder is not None else self._make_encoder()
         if not isinstance(self.encoder, CLIPEncoder):
