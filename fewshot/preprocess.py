@@ -57,11 +57,11 @@ class Preprocess:
             out.append(self._crop(t).clamp_(0.0, 1.0))
         return torch.cat(out) if out else torch.empty(0, 3, self.size, self.size)
 
-    def masks(self, masks: list[np.ndarray | None], shapes: list[tuple[int, int]] | None = None) -> torch.Tensor:
-        """bool ``HxW`` masks (``None`` = all normal, needs ``shapes``) -> bool ``[N, S, S]`` (nearest)."""
+    def masks(self, masks: list[np.ndarray | None]) -> torch.Tensor:
+        """bool ``HxW`` masks (``None`` = all normal) -> bool ``[N, S, S]`` (nearest)."""
         side = self.resize_side
         out = []
-        for i, m in enumerate(masks):
+        for m in masks:
             if m is None:
                 out.append(torch.zeros(1, self.size, self.size, dtype=torch.bool))
                 continue

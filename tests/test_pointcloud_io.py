@@ -148,4 +148,4 @@ def test_too_few_points_after_resize_is_clear(tmp_path):
     method = create_method("fpfh", MethodConfig(image_size=8))
     with pytest.raises(DatasetError, match=r"tiny\.tiff: only \d valid points at this resolution"):
         method.prepare([rgbd_sample(None, p)])
-    assert torch.is_tensor(method.preprocess.masks([None], [(64, 64)]))
+    assert torch.is_tensor(method.preprocess.masks([None]))
