@@ -135,3 +135,18 @@ class Encoder(nn.Module, ABC):
             "precision": self.precision,
             "device": self.device_name,
         }
+
+
+class BlockEncoder(Encoder):
+    """A ViT whose layers are its blocks: ``k`` (final LayerNorm applied) and ``"raw<k>"``
+    (without it) for ``k < depth``; the default is the last block. Subclasses set ``depth``."""
+
+    depth: int = 0
+
+    @property
+    def layers(self) -> list[int | str]:
+        return [*range(self.depth), *(f"raw{k}" for k in range(self.depth))]
+
+    @property
+    def default_layers(self) -> list[int | str]:
+        return [self.depth - 1]

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fewshot.encoders.base import Encoder, WeightInfo
+from fewshot.encoders.base import BlockEncoder, WeightInfo
 from fewshot.encoders.checkpoint import load_strict, read_state_dict
 from fewshot.encoders.dinov2_onnx import convert_onnx_to_torch
 from fewshot.encoders.registry import register_encoder
@@ -37,7 +37,7 @@ _HF_REPO = {"s": "facebook/dinov2-small", "b": "facebook/dinov2-base", "l": "fac
 _FB_URL = "https://dl.fbaipublicfiles.com/dinov2/{m}/{m}_pretrain.pth"
 
 
-class DinoV2Encoder(Encoder):
+class DinoV2Encoder(BlockEncoder):
     """DINOv2 ViT-{S,B,L,G}/14 patch features ``[N, H/14, W/14, C]`` and CLS embeddings ``[N, C]``."""
 
     patch_size = 14
@@ -55,16 +55,7 @@ class DinoV2Encoder(Encoder):
         if weights.path is not None:
             sd = canonical_keys(read_state_dict(weights.path))
             load_strict(self.vit, sd, weights.path, ignore=("embeddings.mask_token",))
-        depth = self.vit.arch.depth
-        self._layers: list[int | str] = [*range(depth), *(f"raw{k}" for k in range(depth))]
-
-    @property
-    def layers(self) -> list[int | str]:
-        return self._layers
-
-    @property
-    def default_layers(self) -> list[int | str]:
-        return [self.vit.arch.depth - 1]
+        self.depth = self.vit.arch.depth
 
     def _tokens(self, images: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
         h, w = images.shape[-2:]

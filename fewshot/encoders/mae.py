@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fewshot.encoders.base import Encoder, WeightInfo
+from fewshot.encoders.base import BlockEncoder, WeightInfo
 from fewshot.encoders.checkpoint import load_strict, read_state_dict
 from fewshot.encoders.registry import register_encoder
 from fewshot.encoders.weights import HFFile, WeightSpec
@@ -23,7 +23,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class TimmViTEncoder(Encoder):
+class TimmViTEncoder(BlockEncoder):
     """Patch tokens ``[N, H/16, W/16, C]`` of a timm VisionTransformer (no register tokens)."""
 
     patch_size = 16
@@ -44,16 +44,7 @@ class TimmViTEncoder(Encoder):
             sd = read_state_dict(weights.path)
             sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
             load_strict(self.vit, sd, weights.path)
-        depth = len(self.vit.blocks)
-        self._layers: list[int | str] = [*range(depth), *(f"raw{k}" for k in range(depth))]
-
-    @property
-    def layers(self) -> list[int | str]:
-        return self._layers
-
-    @property
-    def default_layers(self) -> list[int | str]:
-        return [len(self.vit.blocks) - 1]
+        self.depth = len(self.vit.blocks)
 
     def _tokens(self, images: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
         h, w = images.shape[-2:]

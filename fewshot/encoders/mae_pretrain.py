@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fewshot.encoders.base import Encoder, WeightInfo
+from fewshot.encoders.base import BlockEncoder, WeightInfo
 from fewshot.encoders.checkpoint import load_strict, read_state_dict
 from fewshot.encoders.registry import register_encoder
 from fewshot.encoders.weights import HFFile, HubSources, WeightSpec
@@ -93,7 +93,7 @@ def _config_next_to(path: str | None) -> dict[str, Any]:
     return data if data.get("model_type") == "vit_mae" else {}
 
 
-class MAEPretrainEncoder(Encoder):
+class MAEPretrainEncoder(BlockEncoder):
     """ViTMAE encoder + decoder.
 
     Args:
@@ -122,8 +122,7 @@ class MAEPretrainEncoder(Encoder):
         self.model = ViTMAEForPreTraining(config)
         if weights.path is not None:
             load_strict(self.model, legacy_vitmae_keys(read_state_dict(weights.path)), weights.path)
-        depth = int(config.num_hidden_layers)
-        self._layers: list[int | str] = [*range(depth), *(f"raw{k}" for k in range(depth))]
+        self.depth = int(config.num_hidden_layers)
 
     @property
     def config(self):
@@ -133,14 +132,6 @@ class MAEPretrainEncoder(Encoder):
     def norm_pix_loss(self) -> bool:
         """True when the decoder predicts per-patch normalised pixels."""
         return bool(self.config.norm_pix_loss)
-
-    @property
-    def layers(self) -> list[int | str]:
-        return self._layers
-
-    @property
-    def default_layers(self) -> list[int | str]:
-        return [int(self.config.num_hidden_layers) - 1]
 
     def _check_side(self, images: torch.Tensor) -> tuple[int, int]:
         h, w = images.shape[-2:]
