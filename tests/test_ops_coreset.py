@@ -14,12 +14,14 @@ def _plain_greedy(x, starts, n):
     return torch.tensor(sel)
 
 
-def test_pruned_greedy_selects_exactly_what_plain_greedy_selects():
+@pytest.mark.parametrize("pool", [1, 7, 64, 4096])
+def test_lazy_greedy_selects_exactly_what_plain_greedy_selects(pool):
     g = torch.Generator().manual_seed(0)
-    # clustered data so that pruning actually skips points
+    # clustered data, so that the pool runs dry at different speeds
     x = torch.cat([torch.randn(300, 6, generator=g) * 0.2 + torch.randn(1, 6, generator=g) * 5 for _ in range(5)])
+    x = x.double()  # no float32 rounding ties between the two distance formulas
     starts = torch.tensor([3, 700])
-    assert torch.equal(_greedy(x, starts, 120), _plain_greedy(x, starts, 120))
+    assert torch.equal(_greedy(x, starts, 120, pool=pool, chunk=257), _plain_greedy(x, starts, 120))
 
 
 def test_start_points_are_in_the_coreset_and_indices_distinct():

@@ -11,12 +11,14 @@ Deviations from the official code (documented on purpose):
       them; anomalib's single-start variant forgets the start point, anomalib #3459);
     * the projection is a seeded Gaussian matrix ``N(0, 1/proj_dim)`` (the official code
       uses an untrained ``nn.Linear``), and is skipped when ``C <= proj_dim``;
-    * the greedy loop is exact but pruned with the triangle inequality: when a new centre
-      ``c`` is added, a point ``x`` assigned to centre ``a`` can only get closer if
-      ``d(a, c) < 2 d(x, a)``; only those points are re-measured (one mat-vec over all
-      points when more than 1/8 of them qualify). The selected indices are the same as the
-      plain greedy loop (up to float rounding ties), at a fraction of the cost once the
-      coreset covers the data (cost per step ~ O(M) comparisons + O(t d) instead of O(M d)).
+    * the greedy loop is exact but lazy: a pool of the ``pool`` farthest points is kept with
+      exact distances while a threshold ``tau`` bounds every point outside it (distances to
+      the coreset only shrink as centres are added). Centres are taken from the pool while
+      its best point is at least ``tau`` away, which makes it the global farthest point; then
+      all points are updated against the new centres in one chunked matrix product and the
+      pool is rebuilt. The selected indices are those of the plain greedy loop (up to float
+      rounding ties); full passes over the data happen once per batch of centres instead of
+      once per centre, so the loop is bound by matrix products, not by memory traffic.
 """
 
 from __future__ import annotations
@@ -86,47 +88,44 @@ def approximate_greedy_coreset(
     return _greedy(x, starts, n)
 
 
-def _greedy(x: torch.Tensor, starts: torch.Tensor, n: int) -> torch.Tensor:
-    """Pruned exact farthest-point selection on ``x [M, d]`` starting from ``starts``."""
+def _sq_dist(x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances ``[M, B]`` of ``x [M, d]`` (squared norms ``xn [M]``) to ``c [B, d]``."""
+    return torch.addmm(xn[:, None] + (c * c).sum(1)[None], x, c.T, alpha=-2.0).clamp_min_(0.0)
+
+
+def _greedy(x: torch.Tensor, starts: torch.Tensor, n: int, pool: int = 2048, chunk: int = 65536) -> torch.Tensor:
+    """Lazy exact farthest-point selection on ``x [M, d]`` starting from ``starts`` (see module doc)."""
     m = x.shape[0]
-    sel = torch.empty(n, dtype=torch.long, device=x.device)
-    sel[: starts.numel()] = starts
-    centers = torch.empty(n, x.shape[1], device=x.device)
-    centers[: starts.numel()] = x[starts]
-    # distance of every point to its nearest start, and which start
-    mind = torch.empty(m, device=x.device)
-    assign = torch.empty(m, dtype=torch.long, device=x.device)
-    for s in range(0, m, 65536):
-        d = torch.cdist(x[s : s + 65536], centers[: starts.numel()])
-        mind[s : s + 65536], assign[s : s + 65536] = d.min(1)
-    mind[starts] = 0.0
-    assign[starts] = torch.arange(starts.numel(), device=x.device)
     xn = (x * x).sum(1)
-    full_threshold = m // 8
-    for t in range(starts.numel(), n):
-        p = int(torch.argmax(mind))
-        if float(mind[p]) <= 0.0:  # every remaining point duplicates a centre: fill arbitrarily
+    sel = torch.empty(n, dtype=torch.long, device=x.device)
+    mind = torch.full((m,), float("inf"), dtype=x.dtype, device=x.device)  # squared distance to the coreset
+    new = starts
+    t = 0
+    while True:
+        sel[t : t + new.numel()] = new
+        t += new.numel()
+        c = x[new]
+        for s in range(0, m, chunk):
+            blk = _sq_dist(x[s : s + chunk], xn[s : s + chunk], c).min(1).values
+            torch.minimum(mind[s : s + chunk], blk, out=mind[s : s + chunk])
+        mind[new] = 0.0
+        if t >= n:
+            return sel
+        k = min(pool, m)
+        top, idx = torch.topk(mind, k, sorted=False)
+        if float(top.max()) <= 0.0:  # every remaining point duplicates a centre: fill arbitrarily
             taken = torch.zeros(m, dtype=torch.bool, device=x.device)
             taken[sel[:t]] = True
             sel[t:] = torch.nonzero(~taken).squeeze(1)[: n - t]
-            break
-        sel[t] = p
-        c = x[p]
-        centers[t] = c
-        dc = (centers[:t] - c).norm(dim=1)  # distance of every existing centre to the new one
-        maybe = dc[assign] < 2.0 * mind
-        if int(maybe.sum()) > full_threshold:  # pruning does not pay off: one mat-vec over all points
-            d = torch.addmv(xn + c.dot(c), x, c, alpha=-2.0).clamp_min_(0.0).sqrt_()
-            closer = d < mind
-            mind = torch.where(closer, d, mind)
-            assign[closer] = t
-        else:
-            cand = torch.nonzero(maybe).squeeze(1)
-            d = (x[cand] - c).norm(dim=1)
-            closer = d < mind[cand]
-            upd = cand[closer]
-            mind[upd] = d[closer]
-            assign[upd] = t
-        mind[p] = 0.0
-        assign[p] = t
-    return sel
+            return sel
+        tau = float(top.min()) if k < m else -1.0
+        px, pxn = x[idx], xn[idx]
+        picked: list[int] = []
+        while t + len(picked) < n:
+            j = int(torch.argmax(top))
+            if float(top[j]) < tau or float(top[j]) <= 0.0:
+                break
+            picked.append(int(idx[j]))
+            torch.minimum(top, _sq_dist(px, pxn, px[j : j + 1])[:, 0], out=top)
+            top[j] = 0.0
+        new = torch.tensor(picked, dtype=torch.long, device=x.device)
