@@ -11,6 +11,9 @@ def test_augment_shots_views():
     assert torch.equal(augment_shots(x, "none"), x)
     r4 = augment_shots(x, "rot4")
     assert r4.shape == (8, 3, 4, 4) and torch.equal(r4[2], torch.rot90(x[0], 1, (1, 2)))
+    fl = augment_shots(x, "flips")
+    assert fl.shape == (8, 3, 4, 4) and torch.equal(fl[:2], x) and torch.equal(fl[2], x[0].flip(2))
+    assert torch.equal(fl[4], x[0].flip(1)) and torch.equal(fl[7], x[1].flip((1, 2)))
     d8 = augment_shots(x, "dihedral8")
     assert d8.shape == (16, 3, 4, 4) and len({tuple(v.flatten().tolist()) for v in d8[::2]}) == 8
     with pytest.raises(ValueError, match="augment"):
