@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fewshot.data.base import Sample
 from fewshot.methods import MethodConfig, create_method
+from fewshot.methods.knn import augment_shots
 from fewshot.workflow.runner import decision, fit_references
 from fewshot.workflow.thresholds import ThresholdRule, calibrate_loo, loo_unavailable_reason
 from tests.workflow_helpers import loo_scores_numpy, register_test_methods, write_images
@@ -82,8 +84,9 @@ def test_references_encoded_once_and_cache_dropped(refs):
         return inner(images, layers)
 
     m.encoder._patch_features = counting
+    views = augment_shots(torch.zeros(1, 3, 2, 2), m.opts["augment"]).shape[0]  # flips: 4 per shot
     cal, _ = fit_references(m, refs[:3], seed=0)
-    assert sum(seen) == 3 and m.encoder._cache is None
+    assert sum(seen) == 3 * views and m.encoder._cache is None
     plain = calibrate_loo(m, refs[:3], ThresholdRule())  # no cache: every LOO fit re-encodes
-    assert sum(seen) == 3 + 3 * 2 + 3
+    assert sum(seen) == 3 * views + 3 * 2 * views + 3
     np.testing.assert_allclose(cal.loo_scores, plain.loo_scores, rtol=1e-5)
