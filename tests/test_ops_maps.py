@@ -1,4 +1,5 @@
 import pytest
+import scipy.ndimage
 import torch
 
 from fewshot.ops import local_aggregate, topk_mean, upsample_blur
@@ -30,6 +31,14 @@ def test_upsample_blur_shapes_and_mass():
     torch.testing.assert_close(gaussian_blur(torch.ones(1, 40, 40), 4.0), torch.ones(1, 40, 40))
     assert torch.equal(upsample_blur(maps, 8, sigma=0), maps)
     assert upsample_blur(torch.rand(1, 3, 3), 10, sigma=4).shape == (1, 10, 10)  # map smaller than kernel
+
+
+def test_gaussian_blur_in_chunks_equals_one_pass_and_a_scipy_reference():
+    maps = torch.rand(37, 30, 40, generator=torch.Generator().manual_seed(2))
+    one = gaussian_blur(maps, 2.0, chunk=1000)
+    torch.testing.assert_close(gaussian_blur(maps, 2.0, chunk=5), one)
+    ref = scipy.ndimage.gaussian_filter(maps.double().numpy(), sigma=(0, 2.0, 2.0), mode="mirror", truncate=4.0)
+    torch.testing.assert_close(one, torch.from_numpy(ref).float(), atol=1e-5, rtol=1e-5)
 
 
 def test_topk_mean():

@@ -16,18 +16,24 @@ def gaussian_kernel1d(sigma: float, radius_factor: float = 4.0) -> torch.Tensor:
     return k / k.sum()
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur (kernel radius 4 sigma, reflect padding) of ``[N, H, W]``."""
+def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, chunk: int = 16) -> torch.Tensor:
+    """Separable Gaussian blur (kernel radius 4 sigma, reflect padding) of ``[N, H, W]``.
+
+    Runs ``chunk`` maps at a time: CPU convolution unfolds its input (``H * W * (2R + 1)``
+    floats per map, 6.6 MB at 224 px and sigma 4), which must not grow with ``N``.
+    """
     if sigma <= 0:
         return maps
     k = gaussian_kernel1d(sigma).to(maps.device)
     r = (k.numel() - 1) // 2
-    x = maps.float().unsqueeze(1)
-    h, w = x.shape[-2:]
+    h, w = maps.shape[-2:]
     mode = "reflect" if min(h, w) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
-    return x.squeeze(1)
+    out = torch.empty(maps.shape, dtype=torch.float32, device=maps.device)
+    for s in range(0, maps.shape[0], chunk):
+        x = maps[s : s + chunk].float().unsqueeze(1)
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+        out[s : s + chunk] = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1)).squeeze(1)
+    return out
 
 
 def upsample_blur(maps: torch.Tensor, size: int, sigma: float = 4.0) -> torch.Tensor:
