@@ -213,11 +213,8 @@ def _class_name(cfg: EvalConfig, category: Category) -> str:
 
 
 def _enable_caches(method: AnomalyMethod, max_bytes: int) -> None:
-    from fewshot.encoders.base import Encoder
-
-    for value in vars(method).values():
-        if isinstance(value, Encoder):
-            value.enable_cache(max_bytes)
+    for enc in method.encoders():
+        enc.enable_cache(max_bytes)
 
 
 def _seed_everything(seed: int) -> None:

@@ -130,6 +130,12 @@ class AnomalyMethod(ABC):
             return AnomalyResult(torch.empty(0), torch.empty(0, s, s))
         return AnomalyResult.concat(parts)
 
+    def encoders(self) -> list[Any]:
+        """The ``Encoder`` instances this method holds as attributes (for feature caches)."""
+        from fewshot.encoders.base import Encoder
+
+        return [v for v in vars(self).values() if isinstance(v, Encoder)]
+
     def describe(self) -> dict[str, Any]:
         """Metadata for results files (encoder, weights source/checksum, protocol)."""
         return {"method": self.name, "regime": self.regime, "preprocess": self.preprocess.describe()}

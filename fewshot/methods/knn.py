@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
+from fewshot.ops.features import block_depth, encoder_from_config, fuse_layers, parse_layers
 from fewshot.ops.knn import knn_search
 from fewshot.ops.pooling import topk_mean
 from fewshot.ops.smoothing import upsample_blur
@@ -33,12 +33,16 @@ DEFAULTS: dict[str, Any] = {
 AUGMENTS = ("none", "flips", "rot4", "dihedral8")
 
 
+def check_augment(mode: str) -> None:
+    if mode not in AUGMENTS:
+        raise ValueError(f"knn: unknown augment {mode!r}; use one of {AUGMENTS}")
+
+
 def augment_shots(images: torch.Tensor, mode: str) -> torch.Tensor:
     """``[K, 3, S, S]`` -> ``[K * A, 3, S, S]``: identity; ``flips``: identity, horizontal,
     vertical and both flips (axis-aligned structure keeps its direction); ``rot4``: 4 rotations
     by 90 degrees; ``dihedral8``: the 8 symmetries of the square (rotations x horizontal flip)."""
-    if mode not in AUGMENTS:
-        raise ValueError(f"knn: unknown augment {mode!r}; use one of {AUGMENTS}")
+    check_augment(mode)
     if mode == "none":
         return images
     if mode == "flips":
@@ -101,8 +105,7 @@ class PatchKNN(AnomalyMethod):
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
         self.opts = self.resolve_options(DEFAULTS)
-        if self.opts["augment"] not in AUGMENTS:
-            raise ValueError(f"knn: unknown augment {self.opts['augment']!r}; use one of {AUGMENTS}")
+        check_augment(self.opts["augment"])
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._default_size())
         self.layers = parse_layers(self.opts["layers"]) or self._default_layers()
         self.metric = self.opts["metric"] or self.encoder.metric
@@ -110,9 +113,8 @@ class PatchKNN(AnomalyMethod):
 
     def _default_layers(self) -> list[int | str]:
         """ViTs: blocks at 1/2 and 3/4 depth (``[5, 8]`` for 12 blocks); CNNs: the encoder's."""
-        ints = [x for x in self.encoder.layers if isinstance(x, int)]
-        if ints:
-            depth = max(ints) + 1
+        depth = block_depth(self.encoder)
+        if depth:
             return [depth // 2 - 1, 3 * depth // 4 - 1]
         return list(self.encoder.default_layers)
 

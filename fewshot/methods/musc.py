@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fewshot.ops.aggregate import local_aggregate
-from fewshot.ops.features import encoder_from_config, parse_layers
+from fewshot.ops.features import block_depth, encoder_from_config, parse_layers
 from fewshot.ops.smoothing import upsample_blur
 from fewshot.preprocess import Preprocess
 from fewshot.result import AnomalyResult
@@ -150,9 +150,8 @@ class MuSc(AnomalyMethod):
         self.layers = parse_layers(self.opts["layers"]) or self._default_layers()
 
     def _default_layers(self) -> list[int | str]:
-        ints = [x for x in self.encoder.layers if isinstance(x, int)]
-        if ints:
-            depth = max(ints) + 1
+        depth = block_depth(self.encoder)
+        if depth:
             return sorted({depth * q // 4 - 1 for q in (1, 2, 3, 4)})
         return list(self.encoder.default_layers)
 

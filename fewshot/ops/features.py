@@ -61,6 +61,12 @@ def fuse_layers(
     return x.contiguous()
 
 
+def block_depth(encoder: Any) -> int | None:
+    """Number of blocks of a ViT-like encoder whose layers are block indices, else ``None``."""
+    ints = [x for x in encoder.layers if isinstance(x, int)]
+    return max(ints) + 1 if ints else None
+
+
 def parse_layers(value: Any) -> list[int | str] | None:
     """Layers option from JSON/CLI (``[8, 11]``, ``"8,11"``, ``"blocks.2,blocks.4"``) -> list."""
     if value is None:

@@ -134,9 +134,7 @@ def feature_cache(method: AnomalyMethod, max_bytes: int = 1 << 30) -> Iterator[N
     Features are cached per image content, so the K leave-one-out fits and the final fit
     encode each reference once; the cache is dropped on exit (targets are never cached).
     """
-    from fewshot.encoders.base import Encoder
-
-    encoders = [v for v in vars(method).values() if isinstance(v, Encoder)]
+    encoders = method.encoders()
     for enc in encoders:
         enc.enable_cache(max_bytes)
     try:
