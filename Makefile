@@ -18,7 +18,7 @@ test-all: setup
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -p no:dash -q tests
 
 lint: setup
-	$(VENV)/bin/ruff check fewshot pointcloud prompts cli tests bench
+	$(VENV)/bin/ruff check fsiad fewshot pointcloud prompts cli tests bench
 
 bench: setup
 	$(VENV)/bin/python -m bench.run_all

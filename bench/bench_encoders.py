@@ -39,7 +39,7 @@ def run_one(name: str, batches: list[int], runs: int, threads: int, random_init:
     import torch
 
     torch.set_num_threads(threads)
-    from fewshot.encoders import create_encoder
+    from fsiad.fewshot.encoders import create_encoder
 
     enc = create_encoder(name, allow_random=random_init)
     size = enc.preprocess.size
@@ -81,7 +81,7 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.batches, args.runs, args.threads, args.random_init)))
         return
 
-    from fewshot.encoders import encoder_names, encoder_status
+    from fsiad.fewshot.encoders import encoder_names, encoder_status
 
     names = args.encoders or [n for n in encoder_names() if encoder_status(n)["available"]]
     jobs = [(n, False) for n in names] + [(n, True) for n in args.random]

@@ -23,7 +23,7 @@ METHODS = ("knn", "patchcore", "padim", "musc")
 
 
 def _images(method, n: int, seed: int):
-    from fewshot.data.synthetic import render_category
+    from fsiad.fewshot.data.synthetic import render_category
 
     parts = render_category("texture", method.preprocess.size, 0, n, 0, seed)
     return method.preprocess.images([img for img, _ in parts["good"]])
@@ -42,7 +42,7 @@ def run_one(name: str, n_test: int, n_ref: int, runs: int) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    from fewshot.methods import MethodConfig, create_method
+    from fsiad.fewshot.methods import MethodConfig, create_method
 
     m = create_method(name, MethodConfig(batch_size=8))
     refs = _images(m, n_ref, 1) if name != "musc" else None

@@ -39,13 +39,13 @@ def _setup(threads: int) -> None:
 
 
 def bench_time(size: int, runs: int, encoder: str | None, threads: int) -> None:
-    import pointcloud  # noqa: F401
-    from fewshot.data import load_dataset
-    from fewshot.methods import MethodConfig, create_method
-    from pointcloud.features import fpfh_organized, resize_organized
-    from pointcloud.io import read_xyz_tiff
-    from pointcloud.methods import _FPFH_MEMO
-    from pointcloud.synthetic import generate_mvtec3d
+    import fsiad.pointcloud  # noqa: F401
+    from fsiad.fewshot.data import load_dataset
+    from fsiad.fewshot.methods import MethodConfig, create_method
+    from fsiad.pointcloud.features import fpfh_organized, resize_organized
+    from fsiad.pointcloud.io import read_xyz_tiff
+    from fsiad.pointcloud.methods import _FPFH_MEMO
+    from fsiad.pointcloud.synthetic import generate_mvtec3d
 
     _setup(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,11 +85,11 @@ def bench_time(size: int, runs: int, encoder: str | None, threads: int) -> None:
 
 
 def bench_compare(size: int, shots: int, seeds: list[int], n_test: int, encoder: str | None, threads: int) -> None:
-    import pointcloud  # noqa: F401
-    from fewshot.data import load_dataset, sample_shots
-    from fewshot.methods import MethodConfig, create_method
-    from fewshot.metrics import image_metrics, pixel_metrics
-    from pointcloud.synthetic import COLOR_DEFECTS, GEOMETRIC_DEFECTS, generate_mvtec3d
+    import fsiad.pointcloud  # noqa: F401
+    from fsiad.fewshot.data import load_dataset, sample_shots
+    from fsiad.fewshot.methods import MethodConfig, create_method
+    from fsiad.fewshot.metrics import image_metrics, pixel_metrics
+    from fsiad.pointcloud.synthetic import COLOR_DEFECTS, GEOMETRIC_DEFECTS, generate_mvtec3d
 
     _setup(threads)
     variants = [("btf", {"fusion_norm": "none"}), ("btf", {"fusion_norm": "std"}), ("btf", {}),
@@ -129,7 +129,7 @@ def bench_compare(size: int, shots: int, seeds: list[int], n_test: int, encoder:
 
 
 def _mask(sample):
-    from fewshot.data import read_mask
+    from fsiad.fewshot.data import read_mask
 
     return read_mask(sample.mask_path)
 

@@ -73,9 +73,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["FSIAD_HOME"] = tempfile.mkdtemp(prefix="fsiad-bench-")  # keep random text embeddings out
 
-    from fewshot.encoders import create_encoder
-    from fewshot.methods import MethodConfig
-    from fewshot.methods.winclip import WinCLIP
+    from fsiad.fewshot.encoders import create_encoder
+    from fsiad.fewshot.methods import MethodConfig
+    from fsiad.fewshot.methods.winclip import WinCLIP
 
     g = torch.Generator().manual_seed(0)
     queries = torch.rand(args.images, 3, 240, 240, generator=g)

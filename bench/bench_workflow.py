@@ -24,7 +24,7 @@ from pathlib import Path
 
 def run_once(size: int, method: str, shots: int, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "cli.main", "score", "--shots", str(shots), "--demo", "textile",
+    cmd = [sys.executable, "-m", "fsiad.cli.main", "score", "--shots", str(shots), "--demo", "textile",
            "--demo-size", str(size), "--method", method, "--out", str(out), "-q"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)

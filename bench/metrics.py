@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    from fewshot.metrics import image_metrics, pixel_metrics
+    from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 
     maps, masks = make_inputs(args.n, args.side)
     print(

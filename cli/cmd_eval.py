@@ -6,9 +6,8 @@ import logging
 from pathlib import Path
 
 import click
-
-from cli.options import int_list, method_config_from, method_options
-from fewshot.data.base import DatasetError
+from fsiad.cli.options import int_list, method_config_from, method_options
+from fsiad.fewshot.data.base import DatasetError
 
 
 @click.command("eval")
@@ -27,8 +26,8 @@ from fewshot.data.base import DatasetError
 def eval_command(method: str, dataset: str, root: Path | None, categories: str | None, shots: str, seeds: str,
                  out: Path, chunk_size: int, **kwargs) -> None:
     """Evaluate METHOD on DATASET and write results.csv, results.md and results.json to OUT."""
-    from fewshot.evaluation import EvalConfig, evaluate
-    from fewshot.methods import method_names
+    from fsiad.fewshot.evaluation import EvalConfig, evaluate
+    from fsiad.fewshot.methods import method_names
 
     import_plugins()
     if method not in method_names():
@@ -58,13 +57,13 @@ def eval_command(method: str, dataset: str, root: Path | None, categories: str |
 
 def import_plugins() -> None:
     """Register the optional branches (the point-cloud methods and the mvtec3d dataset)."""
-    import pointcloud  # noqa: F401  (registers methods and datasets on import)
+    import fsiad.pointcloud  # noqa: F401  (registers methods and datasets on import)
 
 
 @click.command("methods")
 def methods_command() -> None:
     """List the registered methods with their regime and summary."""
-    from fewshot.methods import method_class, method_names
+    from fsiad.fewshot.methods import method_class, method_names
 
     import_plugins()
     for name in method_names():

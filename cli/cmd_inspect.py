@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from cli.options import method_config_from, method_options
+from fsiad.cli.options import method_config_from, method_options
 
 _CLOUD_SUFFIXES = (".ply", ".pcd", ".tiff", ".tif")
 
 
 def _sample_for(path: Path, xyz: Path | None):
-    from pointcloud.data import rgbd_sample
+    from fsiad.pointcloud.data import rgbd_sample
 
     if path.suffix.lower() in _CLOUD_SUFFIXES:
         if xyz is not None:
@@ -48,13 +47,13 @@ def inspect_command(sample: Path, xyz: Path | None, normal_dir: Path | None, sho
                     **kwargs) -> None:
     """Score SAMPLE (an RGB image with its xyz .tiff, an xyz .tiff, or a .ply/.pcd) against normal
     references and write <stem>_scores.ply, <stem>_overlay.png and <stem>_depth_score.png to OUT."""
-    import pointcloud.data  # noqa: F401  (registers the point-cloud methods and dataset)
-    import pointcloud.methods  # noqa: F401
-    from fewshot.data import DatasetError, sample_shots
-    from fewshot.methods import AnomalyMethod, create_method
-    from pointcloud.data import folder_samples
-    from pointcloud.inspect import inspect_sample, show_ply
-    from pointcloud.methods import RGBDMethod
+    import fsiad.pointcloud.data  # noqa: F401  (registers the point-cloud methods and dataset)
+    import fsiad.pointcloud.methods  # noqa: F401
+    from fsiad.fewshot.data import DatasetError, sample_shots
+    from fsiad.fewshot.methods import AnomalyMethod, create_method
+    from fsiad.pointcloud.data import folder_samples
+    from fsiad.pointcloud.inspect import inspect_sample, show_ply
+    from fsiad.pointcloud.methods import RGBDMethod
 
     if (normal_dir is None) == (model_dir is None):
         raise click.UsageError("give exactly one of --normal DIR (fit on normal references) or --model DIR")

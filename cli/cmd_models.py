@@ -16,7 +16,7 @@ def models(names: tuple[str, ...], as_json: bool, paths: bool) -> None:
 
     Looks only at local files and caches (never downloads).
     """
-    import fewshot.encoders as enc
+    import fsiad.fewshot.encoders as enc
 
     try:
         rows = [enc.encoder_status(n) for n in (names or enc.encoder_names())]

@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import click
-
-from prompts.loader import PromptError, default_prompts_path, load_prompts, validate
+from fsiad.prompts.loader import PromptError, default_prompts_path, load_prompts, validate
 
 
 @click.group("prompts")

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from cli.options import method_config_from, method_options
-from fewshot.data.base import DatasetError, Sample
-from fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMO_TARGET_SEED, DEMOS
+from fsiad.cli.options import method_config_from, method_options
+from fsiad.fewshot.data.base import DatasetError, Sample
+from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMO_TARGET_SEED, DEMOS
 
 DEFAULT_METHOD = "knn"
 
@@ -63,7 +62,7 @@ def _target_options(f: Callable) -> Callable:
 @contextlib.contextmanager
 def _clean_errors() -> Iterator[None]:
     """Turn expected input problems into one-line click errors."""
-    from fewshot.workflow.model import ModelError
+    from fsiad.fewshot.workflow.model import ModelError
 
     try:
         yield
@@ -76,9 +75,9 @@ def _clean_errors() -> Iterator[None]:
 
 
 def _references(shots: int, seed: int, normal: Path | None, demo_cat: Any, method_name: str) -> list[Sample]:
-    from fewshot.data.sampling import sample_shots
-    from fewshot.methods import method_class
-    from fewshot.workflow.targets import collect_images
+    from fsiad.fewshot.data.sampling import sample_shots
+    from fsiad.fewshot.methods import method_class
+    from fsiad.fewshot.workflow.targets import collect_images
 
     cls = method_class(method_name)
     regime = cls.regime
@@ -106,8 +105,8 @@ def _references(shots: int, seed: int, normal: Path | None, demo_cat: Any, metho
 
 
 def _targets(targets: tuple[Path, ...], labels: Path | None, demo_cat: Any, demo_size: int) -> list[Sample]:
-    from fewshot.workflow.demo import demo_targets
-    from fewshot.workflow.targets import collect_images, make_samples, read_labels_csv
+    from fsiad.fewshot.workflow.demo import demo_targets
+    from fsiad.fewshot.workflow.targets import collect_images, make_samples, read_labels_csv
 
     if demo_cat is not None:
         if targets:
@@ -130,7 +129,7 @@ def _prepare_out(out: Path) -> None:
 
 
 def _rule(text: str):
-    from fewshot.workflow.thresholds import ThresholdRule
+    from fsiad.fewshot.workflow.thresholds import ThresholdRule
 
     try:
         return ThresholdRule.parse(text)
@@ -141,8 +140,8 @@ def _rule(text: str):
 def _fit(shots: int, seed: int, method: str, normal: Path | None, demo: str | None, threshold: float | None,
          threshold_rule: str, kwargs: dict[str, Any], demo_cat: Any = None):
     """Shared by ``score`` and ``fit``: references, method, calibration, final fit."""
-    from fewshot.methods import create_method
-    from fewshot.workflow.runner import fit_references
+    from fsiad.fewshot.methods import create_method
+    from fsiad.fewshot.workflow.runner import fit_references
 
     rule = _rule(threshold_rule)
     cfg = method_config_from(kwargs)
@@ -163,7 +162,7 @@ def _fit(shots: int, seed: int, method: str, normal: Path | None, demo: str | No
 
 def _finish(m: Any, run: Any, out: Path, calibration: Any, settings: dict, refs: list[Sample], quiet: bool,
             t0: float) -> None:
-    from fewshot.workflow.runner import write_outputs
+    from fsiad.fewshot.workflow.runner import write_outputs
 
     record = write_outputs(m, run, out, calibration, settings, refs, progress=not quiet, t_start=t0)
     click.echo(f"scored {record['n_scored']} image(s) with {m.name}, {len(refs)} reference(s); "
@@ -211,8 +210,8 @@ def score(targets: tuple[Path, ...], out: Path, shots: int, seed: int, method: s
       fsiad score --shots 4 --demo textile --out runs/demo
       fsiad score --shots 4 --normal good/ --out runs/a new_images/
     """
-    from fewshot.workflow.demo import load_demo
-    from fewshot.workflow.runner import score_targets
+    from fsiad.fewshot.workflow.demo import load_demo
+    from fsiad.fewshot.workflow.runner import score_targets
 
     t0 = time.perf_counter()
     with _clean_errors():
@@ -240,8 +239,8 @@ def score(targets: tuple[Path, ...], out: Path, shots: int, seed: int, method: s
 def fit(out: Path, shots: int, seed: int, method: str, normal: Path | None, demo: str | None,
         threshold: float | None, threshold_rule: str, chunk_size: int, **kwargs: Any) -> None:
     """Fit a method on K normal references and save a self-describing model folder OUT."""
-    from fewshot.workflow.demo import load_demo
-    from fewshot.workflow.model import save_model
+    from fsiad.fewshot.workflow.demo import load_demo
+    from fsiad.fewshot.workflow.model import save_model
 
     with _clean_errors():
         demo_cat = load_demo(demo) if demo else None
@@ -270,10 +269,10 @@ def predict(targets: tuple[Path, ...], model_dir: Path, out: Path, threshold: fl
             device: str | None, batch_size: int | None, weights: str | None, labels: Path | None,
             demo_size: int, chunk_size: int | None, quiet: bool) -> None:
     """Score TARGET images with a model folder from `fsiad fit` (same outputs as `fsiad score`)."""
-    from fewshot.workflow.demo import load_demo
-    from fewshot.workflow.model import load_model
-    from fewshot.workflow.runner import score_targets
-    from fewshot.workflow.thresholds import Calibration, user_threshold
+    from fsiad.fewshot.workflow.demo import load_demo
+    from fsiad.fewshot.workflow.model import load_model
+    from fsiad.fewshot.workflow.runner import score_targets
+    from fsiad.fewshot.workflow.thresholds import Calibration, user_threshold
 
     t0 = time.perf_counter()
     with _clean_errors():

@@ -11,7 +11,7 @@ import pkgutil
 
 import click
 
-import cli
+from fsiad import cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +22,7 @@ def app() -> None:
 
 for _mod in sorted(pkgutil.iter_modules(cli.__path__), key=lambda m: m.name):
     if _mod.name.startswith("cmd_"):
-        for _cmd in importlib.import_module(f"cli.{_mod.name}").commands:
+        for _cmd in importlib.import_module(f"fsiad.cli.{_mod.name}").commands:
             app.add_command(_cmd)
 
 

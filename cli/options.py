@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
-from fewshot.methods.base import MethodConfig
+from fsiad.fewshot.methods.base import MethodConfig
 
 
 def method_options(f: Callable) -> Callable:

@@ -4,13 +4,13 @@ Importing this package registers the dataset kind ``mvtec3d`` and the methods ``
 ``fpfh``, ``rgb`` and ``depth``.
 """
 
-from pointcloud import data, methods  # noqa: F401  (registration side effects)
-from pointcloud.batch import RGBDBatch, build_batch
-from pointcloud.cleaning import CleaningParams, cleaned_cloud
-from pointcloud.data import folder_samples, load_mvtec3d, rgbd_sample
-from pointcloud.features import FPFHParams, fpfh_organized, organize_points, pool_to_grid
-from pointcloud.io import PointCloudError, read_point_file, read_xyz_tiff, write_ply
-from pointcloud.methods import RGBDMethod
+from fsiad.pointcloud import data, methods  # noqa: F401  (registration side effects)
+from fsiad.pointcloud.batch import RGBDBatch, build_batch
+from fsiad.pointcloud.cleaning import CleaningParams, cleaned_cloud
+from fsiad.pointcloud.data import folder_samples, load_mvtec3d, rgbd_sample
+from fsiad.pointcloud.features import FPFHParams, fpfh_organized, organize_points, pool_to_grid
+from fsiad.pointcloud.io import PointCloudError, read_point_file, read_xyz_tiff, write_ply
+from fsiad.pointcloud.methods import RGBDMethod
 
 __all__ = [
     "CleaningParams", "FPFHParams", "PointCloudError", "RGBDBatch", "RGBDMethod", "build_batch", "cleaned_cloud",

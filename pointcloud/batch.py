@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from fewshot.data.base import DatasetError, Sample
-from fewshot.preprocess import Preprocess
-from pointcloud.cleaning import CleaningParams, cleaned_cloud
-from pointcloud.features import organize_points, resize_organized
-from pointcloud.io import POINT_SUFFIXES, read_point_file, read_xyz_tiff, valid_mask
+from fsiad.fewshot.data.base import DatasetError, Sample
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.pointcloud.cleaning import CleaningParams, cleaned_cloud
+from fsiad.pointcloud.features import organize_points, resize_organized
+from fsiad.pointcloud.io import POINT_SUFFIXES, read_point_file, read_xyz_tiff, valid_mask
 
 
 @dataclass
@@ -71,7 +70,7 @@ def load_rgbd(sample: Sample, grid_side: int, cleaning: CleaningParams | None = 
     Returns:
         ``(rgb uint8 [H, W, 3] or None, xyz float32 [H, W, 3], source name)``.
     """
-    from fewshot.data.io import read_image
+    from fsiad.fewshot.data.io import read_image
 
     xyz_path = (sample.extra or {}).get("xyz")
     if xyz_path is None:

@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pointcloud.io import PointCloudError, valid_mask
+from fsiad.pointcloud.io import PointCloudError, valid_mask
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot.data.base import Category, DatasetError, Sample
-from fewshot.data.registry import register_dataset, require_dir, select_categories
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.registry import register_dataset, require_dir, select_categories
 
 XYZ_SUFFIXES = (".tiff", ".tif")
 

@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from pointcloud.io import PointCloudError, valid_mask
+from fsiad.pointcloud.io import PointCloudError, valid_mask
 
 FPFH_DIM = 33
 

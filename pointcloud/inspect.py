@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.data.base import Sample
+from fsiad.pointcloud.batch import load_rgbd
+from fsiad.pointcloud.features import depth_image, organize_points
+from fsiad.pointcloud.io import POINT_SUFFIXES, read_point_file, valid_mask, write_ply
+from fsiad.pointcloud.methods import RGBDMethod
 from PIL import Image
-
-from fewshot.data.base import Sample
-from pointcloud.batch import load_rgbd
-from pointcloud.features import depth_image, organize_points
-from pointcloud.io import POINT_SUFFIXES, read_point_file, valid_mask, write_ply
-from pointcloud.methods import RGBDMethod
 
 
 def jet(x: np.ndarray) -> np.ndarray:

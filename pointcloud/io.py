@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from fewshot.data.base import DatasetError
+from fsiad.fewshot.data.base import DatasetError
 
 POINT_SUFFIXES = (".ply", ".pcd")
 

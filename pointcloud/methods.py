@@ -49,15 +49,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-
-from fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
-from fewshot.ops import approximate_greedy_coreset, knn_search, upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
-from pointcloud.batch import RGBDBatch, build_batch, iter_rgbd
-from pointcloud.cleaning import CleaningParams
-from pointcloud.features import FPFHParams, depth_image, fpfh_organized, pool_to_grid
-from pointcloud.io import valid_mask
+from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
+from fsiad.fewshot.ops import approximate_greedy_coreset, knn_search, upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
+from fsiad.pointcloud.batch import RGBDBatch, build_batch, iter_rgbd
+from fsiad.pointcloud.cleaning import CleaningParams
+from fsiad.pointcloud.features import FPFHParams, depth_image, fpfh_organized, pool_to_grid
+from fsiad.pointcloud.io import valid_mask
 
 DEFAULT_SIZE = 224
 #: 2D encoders in order of preference when ``config.encoder`` is not given (BTF uses WR50).
@@ -93,7 +92,7 @@ _FPFH_MEMO_MAX = 512
 
 def select_encoder_name(config: MethodConfig) -> str:
     """``config.encoder`` or the first preferred encoder whose weights are available here."""
-    from fewshot.encoders import encoder_names, encoder_status
+    from fsiad.fewshot.encoders import encoder_names, encoder_status
 
     if config.encoder:
         return config.encoder
@@ -153,7 +152,7 @@ class RGBDMethod(AnomalyMethod):
         self.weights = {m: float(w.get(m, 1.0)) for m in self.modalities}
         self.encoder = None
         if any(m in ("rgb", "depth") for m in self.modalities):
-            from fewshot.encoders import create_encoder
+            from fsiad.fewshot.encoders import create_encoder
 
             self.config.encoder = select_encoder_name(self.config)
             self.encoder = create_encoder(self.config.encoder, weights=self.config.weights, device=self.config.device,

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fsiad.pointcloud.io import write_xyz_tiff
 from PIL import Image
-
-from pointcloud.io import write_xyz_tiff
 
 GEOMETRIC_DEFECTS = ("dent", "bump", "crack")
 COLOR_DEFECTS = ("color",)

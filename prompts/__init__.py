@@ -1,6 +1,6 @@
 """Prompt ensembles for CLIP-based methods (data files ``*.yaml`` + ``loader``)."""
 
-from prompts.loader import (
+from fsiad.prompts.loader import (
     ClassPrompts,
     PromptError,
     PromptSet,

@@ -12,8 +12,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-
-from fewshot.encoders.clip import CLIPEncoder, create_clip_encoder
+from fsiad.fewshot.encoders.clip import CLIPEncoder, create_clip_encoder
 
 TINY_ARCH = "fsiad-tiny-clip-test"
 TINY_CFG = {

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.data.synthetic import render_category
+from fsiad.fewshot.methods import AnomalyMethod
 from sklearn.metrics import roc_auc_score
-
-from fewshot.data.synthetic import render_category
-from fewshot.methods import AnomalyMethod
 
 
 def require_weights(name: str) -> None:
     """Skip (with the reason) when the real offline weights of encoder ``name`` are absent."""
-    from fewshot.encoders import encoder_status
+    from fsiad.fewshot.encoders import encoder_status
 
     status = encoder_status(name)
     if not status["available"]:

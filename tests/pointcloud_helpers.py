@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from fewshot.encoders import encoder_status
-from pointcloud.synthetic import generate_mvtec3d
+from fsiad.fewshot.encoders import encoder_status
+from fsiad.pointcloud.synthetic import generate_mvtec3d
 
 ENCODER = "tf_efficientnet_lite0"
 SIZE = 64  # working side of the methods in tests (FPFH on ~4k points per sample)

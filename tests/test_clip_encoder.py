@@ -7,9 +7,9 @@ import time
 import open_clip
 import pytest
 import torch
+from fsiad.fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_names
+from fsiad.fewshot.encoders.clip import CLIP_MODELS, create_clip_encoder, text_cache_dir
 
-from fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_names
-from fewshot.encoders.clip import CLIP_MODELS, create_clip_encoder, text_cache_dir
 from tests.clip_helpers import (  # noqa: F401 - fixtures
     fsiad_home_fixture,
     images,

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from fsiad.fewshot.data import DatasetError, Sample, load_sample, read_image, read_mask
 from PIL import Image
-
-from fewshot.data import DatasetError, Sample, load_sample, read_image, read_mask
 
 
 def _one_line_error(fn, *args, **kw) -> str:

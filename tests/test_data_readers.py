@@ -7,11 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fsiad.fewshot.data import (
+    DatasetError,
+    dataset_kinds,
+    load_dataset,
+    load_sample,
+    read_mask,
+    register_dataset,
+)
+from fsiad.fewshot.data.base import Category
+from fsiad.fewshot.data.synthetic import make_folder_dataset, make_mvtec_dataset, make_visa_dataset
 from PIL import Image
-
-from fewshot.data import DatasetError, dataset_kinds, load_dataset, load_sample, read_mask, register_dataset
-from fewshot.data.base import Category
-from fewshot.data.synthetic import make_folder_dataset, make_mvtec_dataset, make_visa_dataset
 
 
 def _err(*args, **kw) -> str:

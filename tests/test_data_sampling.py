@@ -7,8 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-
-from fewshot.data import DatasetError, Sample, sample_shots
+from fsiad.fewshot.data import DatasetError, Sample, sample_shots
 
 
 def _pool(n: int = 20) -> list[Sample]:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fewshot.data import load_dataset, load_sample, sample_shots
-from fewshot.data.synthetic import _SAMPLERS, DEFECTS, make_mvtec_dataset, render_category
-from fewshot.metrics import image_metrics, pixel_metrics
+from fsiad.fewshot.data import load_dataset, load_sample, sample_shots
+from fsiad.fewshot.data.synthetic import _SAMPLERS, DEFECTS, make_mvtec_dataset, render_category
+from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 
 
 @pytest.mark.parametrize("kind", ["texture", "object"])

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.encoders import create_encoder
+from fsiad.fewshot.encoders.checkpoint import read_state_dict
+from fsiad.fewshot.encoders.cnn import lite0_keys_to_timm
 
-from fewshot.encoders import create_encoder
-from fewshot.encoders.checkpoint import read_state_dict
-from fewshot.encoders.cnn import lite0_keys_to_timm
 from tests.encoders_helpers import LITE0_REL, fsiad_home_fixture, package_path  # noqa: F401
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.encoders import create_encoder
+from fsiad.fewshot.encoders.checkpoint import load_strict
+from fsiad.fewshot.encoders.dinov2_onnx import onnx_backbone_state_dict
+from fsiad.fewshot.encoders.vit_dinov2 import ARCHS, DinoV2ViT, canonical_keys
 
-from fewshot.encoders import create_encoder
-from fewshot.encoders.checkpoint import load_strict
-from fewshot.encoders.dinov2_onnx import onnx_backbone_state_dict
-from fewshot.encoders.vit_dinov2 import ARCHS, DinoV2ViT, canonical_keys
 from tests.encoders_helpers import ONNX_REL, fsiad_home_fixture, package_path  # noqa: F401
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from fsiad.fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_names, encoder_status
 
-from fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_names, encoder_status
 from tests.encoders_helpers import fsiad_home_fixture  # noqa: F401
 
 
@@ -107,7 +107,7 @@ def test_feature_cache_identical_and_encodes_each_image_once(fsiad_home: Path) -
 
 
 def test_models_cli_lists_every_encoder(fsiad_home: Path) -> None:
-    from cli.main import app
+    from fsiad.cli.main import app
 
     res = CliRunner().invoke(app, ["models"])
     assert res.exit_code == 0, res.output
@@ -125,7 +125,7 @@ def test_models_cli_lists_every_encoder(fsiad_home: Path) -> None:
 
 @pytest.mark.needs_weights
 def test_models_cli_shows_packaged_encoders_available(fsiad_home: Path) -> None:
-    from cli.main import app
+    from fsiad.cli.main import app
 
     res = CliRunner().invoke(app, ["models", "dinov2_vits14", "tf_efficientnet_lite0", "--paths"])
     assert res.exit_code == 0, res.output

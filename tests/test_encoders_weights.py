@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from fsiad.fewshot.encoders import weights as W
+from fsiad.fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, resolve_weights
 
-from fewshot.encoders import weights as W
-from fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, resolve_weights
 from tests.encoders_helpers import LITE0_REL, ONNX_REL, fsiad_home_fixture, package_path  # noqa: F401
 
 

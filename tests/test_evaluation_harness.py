@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
-from cli.main import app
-from fewshot.data.synthetic import make_folder_dataset, make_mvtec_dataset, make_visa_dataset
-from fewshot.evaluation import METRICS, EvalConfig, evaluate
-from fewshot.methods import MethodConfig, create_method
+from fsiad.cli.main import app
+from fsiad.fewshot.data.synthetic import make_folder_dataset, make_mvtec_dataset, make_visa_dataset
+from fsiad.fewshot.evaluation import METRICS, EvalConfig, evaluate
+from fsiad.fewshot.methods import MethodConfig, create_method
 
 
 @pytest.fixture(scope="module")

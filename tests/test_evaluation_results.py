@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 import pytest
-
-from fewshot.evaluation.results import METRICS, ResultsStore
+from fsiad.fewshot.evaluation.results import METRICS, ResultsStore
 
 
 def _row(cat: str, k, seed: int, base: float) -> dict:

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from fsiad.fewshot.methods import MethodConfig, create_method
+from fsiad.fewshot.methods.knn import augment_shots
 
-from fewshot.methods import MethodConfig, create_method
-from fewshot.methods.knn import augment_shots
 from tests.memory_helpers import aurocs, require_weights, synthetic
 
 

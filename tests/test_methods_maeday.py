@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
-from fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_status, get_entry
-from fewshot.methods import AnomalyMethod, MethodConfig, create_method
-from fewshot.methods.maeday import mask_noise, masked_error_maps
+from fsiad.fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_status, get_entry
+from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.methods.maeday import mask_noise, masked_error_maps
 
 # a tiny ViTMAE (random init): 64 px, patch 8 -> 8x8 = 64 patches, 16 kept per mask
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -149,10 +148,9 @@ def test_missing_pretrained_weights_raise_how_to_get_them(tmp_path, monkeypatch)
 def test_hf_snapshot_with_legacy_keys_and_config_json_loads(tmp_path):
     import json
 
+    from fsiad.fewshot.encoders.base import WeightInfo
+    from fsiad.fewshot.encoders.mae_pretrain import MAEPretrainEncoder
     from safetensors.torch import save_file
-
-    from fewshot.encoders.base import WeightInfo
-    from fewshot.encoders.mae_pretrain import MAEPretrainEncoder
 
     src = _tiny().encoder
     legacy = {}

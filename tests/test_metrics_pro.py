@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
+import fsiad.fewshot.metrics.core as core
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.metrics import aupro, aupro_cflow, pixel_metrics
 from scipy import ndimage
 from sklearn.metrics import auc
-
-import fewshot.metrics.core as core
-from fewshot.metrics import aupro, aupro_cflow, pixel_metrics
 
 
 def _regions(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:

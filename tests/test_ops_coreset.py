@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from fewshot.ops.coreset import _greedy, approximate_greedy_coreset, project
+from fsiad.fewshot.ops.coreset import _greedy, approximate_greedy_coreset, project
 
 
 def _plain_greedy(x, starts, n):

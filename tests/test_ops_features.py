@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from fewshot.ops.features import fuse_layers, parse_layers
+from fsiad.fewshot.ops.features import fuse_layers, parse_layers
 
 
 def test_fuse_layers_upsamples_aggregates_and_normalises():

@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from fewshot.ops.gaussian import GaussianAccumulator, fit_gaussian, mahalanobis
+from fsiad.fewshot.ops.gaussian import GaussianAccumulator, fit_gaussian, mahalanobis
 
 
 def test_fit_and_mahalanobis_match_explicit_formula():

@@ -1,8 +1,7 @@
 import pytest
 import torch
-
-from fewshot.ops import knn
-from fewshot.ops.knn import knn_search
+from fsiad.fewshot.ops import knn
+from fsiad.fewshot.ops.knn import knn_search
 
 
 def _brute(q, m, k, metric):

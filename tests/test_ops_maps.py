@@ -1,9 +1,8 @@
 import pytest
 import scipy.ndimage
 import torch
-
-from fewshot.ops import local_aggregate, topk_mean, upsample_blur
-from fewshot.ops.smoothing import gaussian_blur, gaussian_kernel1d
+from fsiad.fewshot.ops import local_aggregate, topk_mean, upsample_blur
+from fsiad.fewshot.ops.smoothing import gaussian_blur, gaussian_kernel1d
 
 
 def test_local_aggregate_is_mean_of_valid_neighbours():

@@ -7,14 +7,14 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.data import load_dataset
+from fsiad.fewshot.data.base import DatasetError
+from fsiad.pointcloud.cleaning import CleaningParams, clean_mask, cleaned_cloud
+from fsiad.pointcloud.data import folder_samples
+from fsiad.pointcloud.features import FPFH_DIM, depth_image, fpfh_organized, pool_to_grid, resize_organized
+from fsiad.pointcloud.io import read_xyz_tiff, valid_mask
+from fsiad.pointcloud.synthetic import DEFECTS, generate_mvtec3d, render_sample
 
-from fewshot.data import load_dataset
-from fewshot.data.base import DatasetError
-from pointcloud.cleaning import CleaningParams, clean_mask, cleaned_cloud
-from pointcloud.data import folder_samples
-from pointcloud.features import FPFH_DIM, depth_image, fpfh_organized, pool_to_grid, resize_organized
-from pointcloud.io import read_xyz_tiff, valid_mask
-from pointcloud.synthetic import DEFECTS, generate_mvtec3d, render_sample
 from tests.pointcloud_helpers import mixed_root  # noqa: F401  (fixture)
 
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fsiad.cli.main import app
+from fsiad.fewshot.data import read_mask
+from fsiad.pointcloud.io import read_ply_vertices, read_xyz_tiff, valid_mask, write_ply, write_xyz_tiff
 from PIL import Image
 
-from cli.main import app
-from fewshot.data import read_mask
-from pointcloud.io import read_ply_vertices, read_xyz_tiff, valid_mask, write_ply, write_xyz_tiff
 from tests.pointcloud_helpers import SIZE, mixed_root  # noqa: F401  (fixture)
 
 

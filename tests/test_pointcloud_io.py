@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
-from fewshot.data.base import DatasetError
-from pointcloud.data import rgbd_sample
-from pointcloud.features import organize_points
-from pointcloud.io import (
+from fsiad.fewshot.data.base import DatasetError
+from fsiad.pointcloud.data import rgbd_sample
+from fsiad.pointcloud.features import organize_points
+from fsiad.pointcloud.io import (
     PointCloudError,
     clean_organized,
     read_ply_vertices,
@@ -124,7 +123,7 @@ def test_organize_points_keeps_nearest_z_per_cell():
 
 @pytest.mark.parametrize("kind", ["nan", "zeros", "empty_ply"])
 def test_methods_reject_bad_clouds_with_one_line(tmp_path, kind):
-    from fewshot.methods import MethodConfig, create_method
+    from fsiad.fewshot.methods import MethodConfig, create_method
 
     if kind == "empty_ply":
         p = tmp_path / "bad.ply"
@@ -140,7 +139,7 @@ def test_methods_reject_bad_clouds_with_one_line(tmp_path, kind):
 
 
 def test_too_few_points_after_resize_is_clear(tmp_path):
-    from fewshot.methods import MethodConfig, create_method
+    from fsiad.fewshot.methods import MethodConfig, create_method
 
     xyz = np.zeros((64, 64, 3), np.float32)
     xyz[10:13, 10:13] = [0.1, 0.1, 0.3]  # 9 points: valid at full size, ~0 at 8x8

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fsiad.fewshot.data import load_dataset
+from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method, method_names
+from fsiad.fewshot.metrics import image_metrics
+from fsiad.pointcloud.batch import RGBDBatch
 
-from fewshot.data import load_dataset
-from fewshot.methods import AnomalyMethod, MethodConfig, create_method, method_names
-from fewshot.metrics import image_metrics
-from pointcloud.batch import RGBDBatch
 from tests.pointcloud_helpers import ENCODER, SIZE, mixed_root, needs_encoder  # noqa: F401
 
 
@@ -59,8 +59,8 @@ def test_btf_beats_single_modalities_on_mixed_defects(mixed, batches):
 
 
 def test_fpfh_localises_geometric_defects(mixed, batches):
-    from fewshot.data import read_mask
-    from fewshot.metrics import pixel_metrics
+    from fsiad.fewshot.data import read_mask
+    from fsiad.fewshot.metrics import pixel_metrics
 
     train, test = batches
     m = create_method("fpfh", MethodConfig(image_size=SIZE)).fit(train)
@@ -114,7 +114,7 @@ def test_options_and_coreset(batches):
 
 
 def test_rgb_method_needs_colour(tmp_path, mixed):
-    from pointcloud.data import rgbd_sample
+    from fsiad.pointcloud.data import rgbd_sample
 
     m = create_method("rgb", MethodConfig(image_size=SIZE, encoder=ENCODER, allow_random=True))
     with pytest.raises(ValueError, match=r"000\.tiff: method rgb needs an RGB image"):
@@ -155,7 +155,7 @@ def test_batch_concat_and_slice(batches):
 
 @needs_encoder
 def test_fsiad_eval_on_synthetic(mixed_root, tmp_path):  # noqa: F811
-    from cli.main import app
+    from fsiad.cli.main import app
 
     out = tmp_path / "eval"
     res = CliRunner().invoke(app, ["eval", "--method", "btf", "--dataset", "mvtec3d", "--root", str(mixed_root),
@@ -170,7 +170,7 @@ def test_fsiad_eval_on_synthetic(mixed_root, tmp_path):  # noqa: F811
 
 
 def test_clean_option_blanks_background(mixed, tmp_path, monkeypatch):
-    from pointcloud.io import valid_mask
+    from fsiad.pointcloud.io import valid_mask
 
     monkeypatch.setenv("FSIAD_HOME", str(tmp_path))
     raw = create_method("fpfh", MethodConfig(image_size=SIZE)).prepare(mixed.train[:1])

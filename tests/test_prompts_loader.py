@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from cli.main import app
-from prompts import PromptError, default_prompts_path, load_prompts, validate
+from fsiad.cli.main import app
+from fsiad.prompts import PromptError, default_prompts_path, load_prompts, validate
 
 
 def test_default_ensemble_is_valid_and_deduplicated():

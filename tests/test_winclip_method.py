@@ -6,12 +6,12 @@ import time
 
 import pytest
 import torch
+from fsiad.fewshot.encoders import WeightsNotFoundError
+from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.methods.winclip import WinCLIP, five_crops, make_windows
+from fsiad.fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
+from fsiad.prompts.loader import PromptError
 
-from fewshot.encoders import WeightsNotFoundError
-from fewshot.methods import AnomalyMethod, MethodConfig, create_method
-from fewshot.methods.winclip import WinCLIP, five_crops, make_windows
-from fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
-from prompts.loader import PromptError
 from tests.clip_helpers import (  # noqa: F401 - fixtures
     fsiad_home_fixture,
     images,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.methods import MethodConfig
+from fsiad.fewshot.methods.winclip import WinCLIP
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.prompts.loader import load_prompts
 
-from fewshot.methods import MethodConfig
-from fewshot.methods.winclip import WinCLIP
-from fewshot.ops.smoothing import upsample_blur
-from prompts.loader import load_prompts
 from tests.clip_helpers import fsiad_home_fixture, images, tiny_fixture  # noqa: F401 - fixtures
 
 GRID = 15

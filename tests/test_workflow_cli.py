@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fsiad.cli.main import app
 
-from cli.main import app
 from tests.workflow_helpers import make_inspection_tree, register_test_methods
 
 

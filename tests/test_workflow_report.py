@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fsiad.cli.main import app
+from fsiad.fewshot.data.base import DatasetError
+from fsiad.fewshot.workflow.render import colormap, overlay
+from fsiad.fewshot.workflow.report import histogram_svg
+from fsiad.fewshot.workflow.targets import collect_images, output_names, read_labels_csv
 from PIL import Image
 
-from cli.main import app
-from fewshot.data.base import DatasetError
-from fewshot.workflow.render import colormap, overlay
-from fewshot.workflow.report import histogram_svg
-from fewshot.workflow.targets import collect_images, output_names, read_labels_csv
 from tests.workflow_helpers import make_inspection_tree, register_test_methods
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

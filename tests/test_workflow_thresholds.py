@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.data.base import Sample
+from fsiad.fewshot.methods import MethodConfig, create_method
+from fsiad.fewshot.methods.knn import augment_shots
+from fsiad.fewshot.workflow.runner import decision, fit_references
+from fsiad.fewshot.workflow.thresholds import ThresholdRule, calibrate_loo, loo_unavailable_reason
 
-from fewshot.data.base import Sample
-from fewshot.methods import MethodConfig, create_method
-from fewshot.methods.knn import augment_shots
-from fewshot.workflow.runner import decision, fit_references
-from fewshot.workflow.thresholds import ThresholdRule, calibrate_loo, loo_unavailable_reason
 from tests.workflow_helpers import loo_scores_numpy, register_test_methods, write_images
 
 

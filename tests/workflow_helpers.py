@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.methods.base import AnomalyMethod, register_method
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 from PIL import Image
-
-from fewshot.methods.base import AnomalyMethod, register_method
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
 
 SIDE = 32
 

@@ -5,11 +5,11 @@ MPDD, BTAD), ``visa``, ``folder``, ``textile`` (plus kinds registered by other p
 e.g. ``mvtec3d`` from ``pointcloud``).
 """
 
-from fewshot.data import folder, mvtec, textile, visa  # noqa: F401  (register readers)
-from fewshot.data.base import Category, DatasetError, Sample
-from fewshot.data.io import load_sample, read_image, read_mask
-from fewshot.data.registry import dataset_kinds, load_dataset, register_dataset
-from fewshot.data.sampling import sample_shots
+from fsiad.fewshot.data import folder, mvtec, textile, visa  # noqa: F401  (register readers)
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.io import load_sample, read_image, read_mask
+from fsiad.fewshot.data.registry import dataset_kinds, load_dataset, register_dataset
+from fsiad.fewshot.data.sampling import sample_shots
 
 __all__ = [
     "Category",

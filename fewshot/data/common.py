@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot.data.base import DatasetError
-from fewshot.data.io import is_image_file
+from fsiad.fewshot.data.base import DatasetError
+from fsiad.fewshot.data.io import is_image_file
 
 #: Folder names that mean "normal" in the supported layouts (MVTec/MPDD, BTAD, generic).
 NORMAL_NAMES = ("good", "ok", "normal")

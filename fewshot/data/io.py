@@ -15,9 +15,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from fsiad.fewshot.data.base import DatasetError, Sample
 from PIL import Image, UnidentifiedImageError
-
-from fewshot.data.base import DatasetError, Sample
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 MASK_MODES = ("auto", "threshold", "nonzero")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot.data.base import Category, DatasetError, Sample
-from fewshot.data.common import NORMAL_NAMES, index_masks, list_images, match_masks
-from fewshot.data.registry import register_dataset, require_dir, select_categories
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.common import NORMAL_NAMES, index_masks, list_images, match_masks
+from fsiad.fewshot.data.registry import register_dataset, require_dir, select_categories
 
 
 def _is_category(path: Path) -> bool:

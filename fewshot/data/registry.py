@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from fewshot.data.base import Category, DatasetError
+from fsiad.fewshot.data.base import Category, DatasetError
 
 Loader = Callable[[Path | None, list[str] | None], list[Category]]
 _LOADERS: dict[str, Loader] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from fewshot.data.base import DatasetError, Sample
+from fsiad.fewshot.data.base import DatasetError, Sample
 
 
 def _key(seed: int, i: int) -> bytes:

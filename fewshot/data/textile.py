@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot.data.base import Category, DatasetError, Sample
-from fewshot.data.common import list_images
-from fewshot.data.registry import register_dataset, require_dir, select_categories
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.common import list_images
+from fsiad.fewshot.data.registry import register_dataset, require_dir, select_categories
 
 CATEGORY = "textile"
 DEFECTS = ("local", "global")

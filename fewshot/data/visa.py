@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from fewshot.data.base import Category, DatasetError, Sample
-from fewshot.data.registry import register_dataset, require_dir, select_categories
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.registry import register_dataset, require_dir, select_categories
 
 SPLIT_FILE = Path("split_csv") / "1cls.csv"
 _COLUMNS = ("object", "split", "label", "image", "mask")

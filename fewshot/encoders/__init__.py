@@ -10,15 +10,15 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from fewshot.encoders.base import Encoder, WeightInfo
-from fewshot.encoders.registry import (
+from fsiad.fewshot.encoders.base import Encoder, WeightInfo
+from fsiad.fewshot.encoders.registry import (
     create_encoder,
     encoder_names,
     encoder_status,
     get_entry,
     register_encoder,
 )
-from fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, resolve_weights
+from fsiad.fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, resolve_weights
 
 IMPORT_ERRORS: dict[str, str] = {}
 _CORE = {"base", "cache", "registry", "weights"}

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from fsiad.fewshot.encoders.cache import FeatureCache
+from fsiad.fewshot.preprocess import Preprocess
 from torch import nn
-
-from fewshot.encoders.cache import FeatureCache
-from fewshot.preprocess import Preprocess
 
 
 @dataclass(frozen=True)

@@ -31,18 +31,17 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-
-from fewshot.encoders.base import Encoder, WeightInfo
-from fewshot.encoders.registry import RANDOM_SEED, register_encoder
-from fewshot.encoders.weights import (
+from fsiad.fewshot.encoders.base import Encoder, WeightInfo
+from fsiad.fewshot.encoders.registry import RANDOM_SEED, register_encoder
+from fsiad.fewshot.encoders.weights import (
     WeightsNotFoundError,
     WeightSpec,
     fsiad_home,
     random_weights,
     resolve_weights,
 )
-from fewshot.preprocess import Preprocess
+from fsiad.fewshot.preprocess import Preprocess
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 __all__ = ["CLIPEncoder", "CLIP_MODELS", "create_clip_encoder", "clip_weight_spec", "text_cache_dir"]
 

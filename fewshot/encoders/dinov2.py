@@ -20,14 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from fewshot.encoders.base import BlockEncoder, WeightInfo
-from fewshot.encoders.checkpoint import load_strict, read_state_dict
-from fewshot.encoders.dinov2_onnx import convert_onnx_to_torch
-from fewshot.encoders.registry import register_encoder
-from fewshot.encoders.vit_dinov2 import ARCHS, DinoV2ViT, canonical_keys
-from fewshot.encoders.weights import HFFile, HubSources, TorchHubFile, WeightSpec
-from fewshot.preprocess import Preprocess
+from fsiad.fewshot.encoders.base import BlockEncoder, WeightInfo
+from fsiad.fewshot.encoders.checkpoint import load_strict, read_state_dict
+from fsiad.fewshot.encoders.dinov2_onnx import convert_onnx_to_torch
+from fsiad.fewshot.encoders.registry import register_encoder
+from fsiad.fewshot.encoders.vit_dinov2 import ARCHS, DinoV2ViT, canonical_keys
+from fsiad.fewshot.encoders.weights import HFFile, HubSources, TorchHubFile, WeightSpec
+from fsiad.fewshot.preprocess import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

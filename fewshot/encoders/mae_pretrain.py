@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from fewshot.encoders.base import BlockEncoder, WeightInfo
-from fewshot.encoders.checkpoint import load_strict, read_state_dict
-from fewshot.encoders.registry import register_encoder
-from fewshot.encoders.weights import HFFile, HubSources, WeightSpec
-from fewshot.preprocess import Preprocess
+from fsiad.fewshot.encoders.base import BlockEncoder, WeightInfo
+from fsiad.fewshot.encoders.checkpoint import load_strict, read_state_dict
+from fsiad.fewshot.encoders.registry import register_encoder
+from fsiad.fewshot.encoders.weights import HFFile, HubSources, WeightSpec
+from fsiad.fewshot.preprocess import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from fewshot.encoders.base import Encoder, WeightInfo
-from fewshot.encoders.weights import (
+from fsiad.fewshot.encoders.base import Encoder, WeightInfo
+from fsiad.fewshot.encoders.weights import (
     WeightsNotFoundError,
     WeightSpec,
     find_weights,
@@ -118,7 +117,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        import fewshot.encoders as pkg
+        import fsiad.fewshot.encoders as pkg
 
         pkg.load_all()
 

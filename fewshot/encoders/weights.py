@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewshot.encoders.base import WeightInfo
+from fsiad.fewshot.encoders.base import WeightInfo
 
 __all__ = [
     "WeightInfo", "WeightSpec", "WeightsNotFoundError", "fsiad_home", "weights_dir", "is_offline",

@@ -1,6 +1,6 @@
 """Evaluation harness and results files."""
 
-from fewshot.evaluation.harness import ALL, EvalConfig, evaluate
-from fewshot.evaluation.results import METRICS, ResultsStore
+from fsiad.fewshot.evaluation.harness import ALL, EvalConfig, evaluate
+from fsiad.fewshot.evaluation.results import METRICS, ResultsStore
 
 __all__ = ["ALL", "METRICS", "EvalConfig", "ResultsStore", "evaluate"]

@@ -17,15 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from fsiad.fewshot.data import load_dataset
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.io import read_mask
+from fsiad.fewshot.data.sampling import sample_shots
+from fsiad.fewshot.evaluation.results import ResultsStore, shots_key
+from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 from PIL import Image
-
-from fewshot.data import load_dataset
-from fewshot.data.base import Category, DatasetError, Sample
-from fewshot.data.io import read_mask
-from fewshot.data.sampling import sample_shots
-from fewshot.evaluation.results import ResultsStore, shots_key
-from fewshot.methods.base import AnomalyMethod, MethodConfig, create_method
-from fewshot.metrics import image_metrics, pixel_metrics
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 import importlib
 import pkgutil
 
-from fewshot.methods.base import (
+from fsiad.fewshot.methods.base import (
     AnomalyMethod,
     MethodConfig,
     create_method,

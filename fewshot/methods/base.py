@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-
-from fewshot.data.base import Sample
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.data.base import Sample
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 Images = torch.Tensor | Iterable[torch.Tensor]
 REGIMES = ("zero-shot", "zero-shot-transductive", "few-shot", "full-data")
@@ -108,7 +107,7 @@ class AnomalyMethod(ABC):
         Default: RGB images through ``self.preprocess`` -> ``[N, 3, S, S]``. Multi-modal
         methods (RGB-D) override this and accept their own batch type in fit/predict.
         """
-        from fewshot.data.io import read_image
+        from fsiad.fewshot.data.io import read_image
 
         return self.preprocess.images([read_image(s.path) for s in samples])
 
@@ -132,7 +131,7 @@ class AnomalyMethod(ABC):
 
     def encoders(self) -> list[Any]:
         """The ``Encoder`` instances this method holds as attributes (for feature caches)."""
-        from fewshot.encoders.base import Encoder
+        from fsiad.fewshot.encoders.base import Encoder
 
         return [v for v in vars(self).values() if isinstance(v, Encoder)]
 
@@ -216,4 +215,4 @@ def create_method(name: str, config: MethodConfig | None = None) -> AnomalyMetho
 
 def _import_builtin_methods() -> None:
     # Importing the package registers the built-in methods (fewshot/methods/__init__.py).
-    import fewshot.methods  # noqa: F401
+    import fsiad.fewshot.methods  # noqa: F401

@@ -6,11 +6,10 @@ It exists to drive the evaluation harness end to end and to give every table a f
 from __future__ import annotations
 
 import torch
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops import GaussianAccumulator, GaussianStats, gaussian_blur, mahalanobis, topk_mean
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops import GaussianAccumulator, GaussianStats, gaussian_blur, mahalanobis, topk_mean
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 
 @register_method("color_gaussian")

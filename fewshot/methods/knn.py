@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.features import block_depth, encoder_from_config, fuse_layers, parse_layers
-from fewshot.ops.knn import knn_search
-from fewshot.ops.pooling import topk_mean
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.features import block_depth, encoder_from_config, fuse_layers, parse_layers
+from fsiad.fewshot.ops.knn import knn_search
+from fsiad.fewshot.ops.pooling import topk_mean
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "dinov2_vits14"
 DEFAULT_SIZE = 224

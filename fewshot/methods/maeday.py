@@ -6,13 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.features import encoder_from_config
-from fewshot.ops.pooling import topk_mean
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.features import encoder_from_config
+from fsiad.fewshot.ops.pooling import topk_mean
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "mae_vitb16_pretrain"
 DEFAULTS: dict[str, Any] = {"n_masks": 32, "keep_ratio": 0.25, "seed": 0, "sigma": 4.0, "topk": 0.01,
@@ -115,9 +114,9 @@ class MAEDAY(AnomalyMethod):
             return encoder_from_config(self.config, DEFAULT_ENCODER)
         if not self.config.allow_random or self.config.weights is not None:
             raise ValueError("maeday: option 'arch' builds a random-init model and needs allow_random=True, no weights")
-        from fewshot.encoders.mae_pretrain import MAEPretrainEncoder
-        from fewshot.encoders.registry import RANDOM_SEED
-        from fewshot.encoders.weights import random_weights
+        from fsiad.fewshot.encoders.mae_pretrain import MAEPretrainEncoder
+        from fsiad.fewshot.encoders.registry import RANDOM_SEED
+        from fsiad.fewshot.encoders.weights import random_weights
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)

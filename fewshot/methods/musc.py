@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.aggregate import local_aggregate
-from fewshot.ops.features import block_depth, encoder_from_config, parse_layers
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.aggregate import local_aggregate
+from fsiad.fewshot.ops.features import block_depth, encoder_from_config, parse_layers
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "dinov2_vits14"
 DEFAULTS: dict[str, Any] = {

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
-from fewshot.ops.gaussian import GaussianAccumulator, GaussianStats, mahalanobis
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
+from fsiad.fewshot.ops.gaussian import GaussianAccumulator, GaussianStats, mahalanobis
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 #: default layers per encoder family (stride 4, 8, 16 stages, as ResNet layer1-3 in the paper)

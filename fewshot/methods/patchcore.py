@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.coreset import approximate_greedy_coreset
-from fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
-from fewshot.ops.knn import knn_search
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.coreset import approximate_greedy_coreset
+from fsiad.fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
+from fsiad.fewshot.ops.knn import knn_search
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 DEFAULTS: dict[str, Any] = {

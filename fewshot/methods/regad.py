@@ -7,14 +7,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.features import encoder_from_config, parse_layers
-from fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
-from fewshot.ops.pooling import topk_mean
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.features import encoder_from_config, parse_layers
+from fsiad.fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
+from fsiad.fewshot.ops.pooling import topk_mean
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 #: strides 4, 8, 16 (RegAD: ResNet-18 layer1-3)

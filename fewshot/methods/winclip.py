@@ -48,16 +48,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from fewshot.encoders.clip import CLIPEncoder, create_clip_encoder
-from fewshot.encoders.registry import create_encoder
-from fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
-from fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
-from fewshot.ops.knn import knn_search
-from fewshot.ops.smoothing import upsample_blur
-from fewshot.preprocess import Preprocess
-from fewshot.result import AnomalyResult
-from prompts.loader import ClassPrompts, load_prompts
+from fsiad.fewshot.encoders.clip import CLIPEncoder, create_clip_encoder
+from fsiad.fewshot.encoders.registry import create_encoder
+from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
+from fsiad.fewshot.ops.knn import knn_search
+from fsiad.fewshot.ops.smoothing import upsample_blur
+from fsiad.fewshot.preprocess import Preprocess
+from fsiad.fewshot.result import AnomalyResult
+from fsiad.prompts.loader import ClassPrompts, load_prompts
 
 DEFAULT_ENCODER = "clip_vitb16plus_240"
 DEFAULTS: dict[str, Any] = {"scales": (2, 3), "temperature": 0.07, "multi_crop": True, "crop_ratio": 0.75,

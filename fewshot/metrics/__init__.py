@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from fewshot.metrics.core import ap_from, auroc_from, f1max_from, sweep, to_bool, to_numpy
-from fewshot.metrics.pro import aupro, aupro_cflow, aupro_from, pro_weights
+from fsiad.fewshot.metrics.core import ap_from, auroc_from, f1max_from, sweep, to_bool, to_numpy
+from fsiad.fewshot.metrics.pro import aupro, aupro_cflow, aupro_from, pro_weights
 
 ArrayLike = np.ndarray | torch.Tensor
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fsiad.fewshot.metrics import core
+from fsiad.fewshot.metrics.core import SweepStats, sweep, to_bool, to_numpy
 from scipy import ndimage
-
-from fewshot.metrics import core
-from fewshot.metrics.core import SweepStats, sweep, to_bool, to_numpy
 
 # 8-connectivity inside each image, no connection across images of a stack.
 _STRUCT = np.zeros((3, 3, 3), dtype=bool)

@@ -1,11 +1,11 @@
 """Shared numerical primitives (kNN, coreset, Gaussian, aggregation, smoothing, pooling)."""
 
-from fewshot.ops.aggregate import local_aggregate
-from fewshot.ops.coreset import approximate_greedy_coreset
-from fewshot.ops.gaussian import GaussianAccumulator, GaussianStats, fit_gaussian, mahalanobis
-from fewshot.ops.knn import faiss_available, knn_search
-from fewshot.ops.pooling import topk_mean
-from fewshot.ops.smoothing import gaussian_blur, upsample_blur
+from fsiad.fewshot.ops.aggregate import local_aggregate
+from fsiad.fewshot.ops.coreset import approximate_greedy_coreset
+from fsiad.fewshot.ops.gaussian import GaussianAccumulator, GaussianStats, fit_gaussian, mahalanobis
+from fsiad.fewshot.ops.knn import faiss_available, knn_search
+from fsiad.fewshot.ops.pooling import topk_mean
+from fsiad.fewshot.ops.smoothing import gaussian_blur, upsample_blur
 
 __all__ = [
     "GaussianAccumulator",

@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from fewshot.ops.aggregate import local_aggregate
+from fsiad.fewshot.ops.aggregate import local_aggregate
 
 
 def encoder_from_config(config: Any, default: str, default_size: int | None = None):
@@ -15,7 +14,7 @@ def encoder_from_config(config: Any, default: str, default_size: int | None = No
 
     ``config.image_size`` (or ``default_size``) sets the encoder's working side.
     """
-    from fewshot.encoders import create_encoder
+    from fsiad.fewshot.encoders import create_encoder
 
     return create_encoder(
         config.encoder or default,

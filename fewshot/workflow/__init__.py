@@ -8,8 +8,8 @@ Public API:
     load_demo, demo_targets                                       (demo.py)
 """
 
-from fewshot.workflow.model import ModelError, load_model, save_model
-from fewshot.workflow.runner import (
+from fsiad.fewshot.workflow.model import ModelError, load_model, save_model
+from fsiad.fewshot.workflow.runner import (
     ScoredImage,
     ScoreRun,
     fit_references,
@@ -17,8 +17,8 @@ from fewshot.workflow.runner import (
     score_targets,
     write_outputs,
 )
-from fewshot.workflow.targets import collect_images, make_samples, output_names, read_labels_csv
-from fewshot.workflow.thresholds import Calibration, ThresholdRule, calibrate_loo, user_threshold
+from fsiad.fewshot.workflow.targets import collect_images, make_samples, output_names, read_labels_csv
+from fsiad.fewshot.workflow.thresholds import Calibration, ThresholdRule, calibrate_loo, user_threshold
 
 __all__ = [
     "Calibration",

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-
-from fewshot.data.base import Category, DatasetError, Sample
+from fsiad.fewshot.data.base import Category, DatasetError, Sample
 
 DEMOS = ("textile",)
 DEMO_TARGET_SEED = 0
@@ -23,7 +22,7 @@ def load_demo(name: str) -> Category:
     """The demo category ``name`` (``textile``)."""
     if name not in DEMOS:
         raise DatasetError(f"unknown demo {name!r}; available: {', '.join(DEMOS)}")
-    from fewshot.data import load_dataset
+    from fsiad.fewshot.data import load_dataset
 
     cats = load_dataset(name, None)
     if not cats:

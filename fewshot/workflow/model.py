@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from fewshot.methods.base import AnomalyMethod
-from fewshot.workflow.thresholds import Calibration
+from fsiad.fewshot.methods.base import AnomalyMethod
+from fsiad.fewshot.workflow.thresholds import Calibration
 
 FORMAT = "fsiad-model/1"
 
@@ -35,7 +34,7 @@ def encoder_identity(describe: dict[str, Any]) -> dict[str, Any]:
 def save_model(method: AnomalyMethod, directory: str | Path, calibration: Calibration,
                info: dict[str, Any]) -> Path:
     """Write a fitted method and its workflow metadata (``info``: shots, seed, references, ...)."""
-    import fewshot
+    import fsiad
 
     directory = Path(directory)
     method.save(directory)
@@ -44,7 +43,7 @@ def save_model(method: AnomalyMethod, directory: str | Path, calibration: Calibr
         "method": method.name,
         "encoder": encoder_identity(method.describe()),
         "threshold": calibration.to_dict(),
-        "versions": {"fsiad": getattr(fewshot, "__version__", None), "torch": torch.__version__},
+        "versions": {"fsiad": fsiad.__version__, "torch": torch.__version__},
         **info,
     }
     tmp = directory / "model.json.tmp"

@@ -23,20 +23,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from fewshot.data.base import DatasetError, Sample
-from fewshot.methods.base import AnomalyMethod
-from fewshot.workflow import render
-from fewshot.workflow.report import ReportWriter, histogram_svg
-from fewshot.workflow.targets import output_names
-from fewshot.workflow.thresholds import (
+from fsiad.fewshot.data.base import DatasetError, Sample
+from fsiad.fewshot.methods.base import AnomalyMethod
+from fsiad.fewshot.workflow import render
+from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
+from fsiad.fewshot.workflow.targets import output_names
+from fsiad.fewshot.workflow.thresholds import (
     Calibration,
     ThresholdRule,
     calibrate_loo,
     feature_cache,
     user_threshold,
 )
+from tqdm import tqdm
 
 THUMB_SIDE = 160
 #: Errors a single unreadable target may raise; anything else is a bug and propagates.
@@ -156,7 +155,7 @@ def score_targets(method: AnomalyMethod, samples: Sequence[Sample], out: Path, n
 
 def display_image(method: AnomalyMethod, path: Path) -> np.ndarray:
     """The RGB image as the method sees it (resize + crop), ``SxSx3`` uint8."""
-    from fewshot.data.io import read_image
+    from fsiad.fewshot.data.io import read_image
 
     return render.tensor_to_uint8(method.preprocess.images([read_image(path)])[0])
 
@@ -177,7 +176,7 @@ def label_metrics(images: Sequence[ScoredImage], threshold: float | None) -> dic
     labels = np.array([y for _, y in lab], dtype=np.int64)
     out: dict[str, Any] = {"n_labelled": int(labels.size), "n_anomalous": int(labels.sum())}
     if 0 < labels.sum() < labels.size:
-        from fewshot.metrics import image_metrics
+        from fsiad.fewshot.metrics import image_metrics
 
         m = image_metrics(scores, labels)
         out.update({"image_auroc": m["image_auroc"], "image_ap": m["image_ap"]})

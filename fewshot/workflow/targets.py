@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from fewshot.data.base import DatasetError, Sample
-from fewshot.data.io import is_image_file
+from fsiad.fewshot.data.base import DatasetError, Sample
+from fsiad.fewshot.data.io import is_image_file
 
 
 def collect_images(targets: Iterable[str | Path]) -> list[Path]:

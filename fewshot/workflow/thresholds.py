@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from fewshot.data.base import Sample
-from fewshot.methods.base import AnomalyMethod
+from fsiad.fewshot.data.base import Sample
+from fsiad.fewshot.methods.base import AnomalyMethod
 
 _MEAN_STD = re.compile(r"^mean\+(\d+(?:\.\d+)?)std$")
 
