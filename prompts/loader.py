@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from fsiad.fewshot.errors import FsiadError
 
 __all__ = [
     "PromptError", "PromptSet", "ClassPrompts", "default_prompts_path", "validate", "load_prompts",
@@ -24,7 +25,7 @@ TOP_KEYS = (*LIST_KEYS, "categories")
 _FIELD = re.compile(r"\{[^{}]*\}")
 
 
-class PromptError(ValueError):
+class PromptError(FsiadError, ValueError):
     """A prompt file is invalid; ``errors`` holds the ``file:line: message`` strings."""
 
     def __init__(self, errors: list[str]) -> None:

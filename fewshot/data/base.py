@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fsiad.fewshot.errors import FsiadError
 
-class DatasetError(ValueError):
+
+class DatasetError(FsiadError, ValueError):
     """Bad dataset input (missing/empty folder, unknown category, unreadable file, bad mask)."""
 
 

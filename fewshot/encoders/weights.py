@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsiad.fewshot.encoders.base import WeightInfo
+from fsiad.fewshot.errors import FsiadError
 
 __all__ = [
     "WeightInfo", "WeightSpec", "WeightsNotFoundError", "fsiad_home", "weights_dir", "is_offline",
@@ -77,7 +78,7 @@ class WeightSpec:
         return ways
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(FsiadError, FileNotFoundError):
     """No weights for an encoder; the message names the encoder and every way to provide them."""
 
     def __init__(self, spec: WeightSpec, detail: str = "") -> None:

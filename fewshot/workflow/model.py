@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsiad.fewshot.errors import FsiadError
 from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow.thresholds import Calibration
 
 FORMAT = "fsiad-model/1"
 
 
-class ModelError(ValueError):
+class ModelError(FsiadError, ValueError):
     """A model folder is missing, malformed, or does not match the weights it is loaded with."""
 
 
