@@ -12,6 +12,7 @@ import sys
 
 import click
 from fsiad.cli.errors import run_app
+from fsiad.cli.options import add_config_options
 
 #: command name -> (module under fsiad.cli, attribute, one-line help shown by ``fsiad --help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -36,7 +37,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(f"fsiad.cli.{module}"), attr)
+        return add_config_options(getattr(importlib.import_module(f"fsiad.cli.{module}"), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
