@@ -109,7 +109,6 @@ def read_config_file(path: str, command: click.Command) -> dict[str, Any]:
     be a mapping (``{layers: [11]}``) or a list of ``KEY=VALUE`` strings.
     """
     import yaml
-
     from fsiad.fewshot.errors import OptionError
 
     try:

@@ -31,8 +31,10 @@ class MethodConfig:
     Attributes:
         encoder: encoder name (``None`` = the method's default).
         weights: explicit weight file for the encoder (resolver's first source).
-        device: ``cpu`` or ``cuda[:i]``.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast for the encoder forward).
+        device: ``auto`` (default: CUDA, else MPS, else CPU), ``cpu``, ``cuda[:i]`` or ``mps``;
+            resolved on construction (an unavailable device raises ``OptionError``).
+        precision: ``auto`` (default: bf16 on CUDA, else fp32), ``fp32``, ``bf16`` or ``fp16``
+            (autocast for the encoder forward).
         image_size: working side (``None`` = the method/encoder default).
         class_name: object name used by text prompts.
         prompts: prompt file (YAML) for prompt-based methods.
@@ -43,14 +45,22 @@ class MethodConfig:
 
     encoder: str | None = None
     weights: str | None = None
-    device: str = "cpu"
-    precision: str = "fp32"
+    device: str = "auto"
+    precision: str = "auto"
     image_size: int | None = None
     class_name: str = "object"
     prompts: str | None = None
     allow_random: bool = False
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # "auto" (and explicit devices) resolve once, here: every encoder and method sees a
+        # concrete device that exists on this machine (fsiad.fewshot.device).
+        from fsiad.fewshot.device import resolve_device, resolve_precision
+
+        self.device = resolve_device(self.device)
+        self.precision = resolve_precision(self.precision, self.device)
 
 
 def iter_batches(images: Images, batch_size: int) -> Iterator[torch.Tensor]:
