@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
-from fsiad.cli.main import app
 from fsiad.fewshot.data.synthetic import make_folder_dataset, make_mvtec_dataset, make_visa_dataset
 from fsiad.fewshot.evaluation import METRICS, EvalConfig, evaluate
 from fsiad.fewshot.methods import MethodConfig, create_method
+
+from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.eval_helpers import register_eval_methods
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,11 @@ def mvtec_root(tmp_path_factory):
                               n_test_defect=4)
 
 
-def test_eval_writes_schema_and_resumes(mvtec_root, tmp_path):
+def test_eval_writes_schema_and_resumes(mvtec_root, tmp_path, monkeypatch):
+    register_eval_methods(monkeypatch)
     out = tmp_path / "run"
-    cfg = EvalConfig(method="color_gaussian", dataset="mvtec", root=mvtec_root, out=out, shots=[0, 2, "all"],
+    # the colour baseline with its zero-shot mode declared (K = 0 allowed)
+    cfg = EvalConfig(method="t_color_any", dataset="mvtec", root=mvtec_root, out=out, shots=[0, 2, "all"],
                      seeds=[0, 1], method_config=MethodConfig(image_size=64))
     summary = evaluate(cfg)
     doc = json.loads((out / "results.json").read_text())
@@ -32,6 +35,8 @@ def test_eval_writes_schema_and_resumes(mvtec_root, tmp_path):
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * (1 + 2 + 2)
+    assert {(r["shots"], r["shots_used"]) for r in rows} == {("0", "0"), ("2", "2"), ("all", "6")}
+    assert all(float(r[t]) >= 0 for r in rows for t in ("fit_s", "predict_s", "metrics_s"))
     for k in ("0", "2", "all"):
         assert set(doc["mean"][k]) == set(METRICS)
         for m in METRICS:
@@ -45,6 +50,8 @@ def test_eval_writes_schema_and_resumes(mvtec_root, tmp_path):
     refs = meta["references"]["texture"]["2"]
     assert len(refs["0"]) == 2 and refs["0"] != refs["1"]
     assert len(meta["references"]["texture"]["all"]["0"]) == 6
+    assert doc["categories"]["texture"]["shots_used"] == {"0": 0, "2": 2, "all": 6}
+    assert set(doc["categories"]["texture"]["timing_s"]["all"]) == {"fit_s", "predict_s", "metrics_s"}
     # the colour baseline finds the colour/contamination defects on these synthetic sets
     assert doc["categories"]["texture"]["shots"]["all"]["pixel_auroc"]["mean"] > 0.6
 
@@ -103,15 +110,13 @@ def test_color_gaussian_save_load_roundtrip(mvtec_root, tmp_path):
 
 
 def test_cli_eval_and_errors(mvtec_root, tmp_path):
-    runner = CliRunner()
     out = tmp_path / "cli"
-    res = runner.invoke(app, ["eval", "--method", "color_gaussian", "--dataset", "mvtec", "--root", str(mvtec_root),
-                              "--categories", "object", "--shots", "1", "--out", str(out), "--image-size", "64"])
+    res = run_cli("eval", "--method", "color_gaussian", "--dataset", "mvtec", "--root", mvtec_root,
+                  "--categories", "object", "--shots", "1", "--out", out, "--image-size", "64")
     assert res.exit_code == 0, res.output
-    assert (out / "results.md").exists() and "object" in res.output
-    res = runner.invoke(app, ["eval", "--method", "nope", "--dataset", "mvtec", "--root", str(mvtec_root),
-                              "--out", str(out)])
+    assert (out / "results.md").exists() and "object" in res.stdout
+    res = run_cli("eval", "--method", "nope", "--dataset", "mvtec", "--root", mvtec_root, "--out", out)
     assert res.exit_code != 0 and "unknown method" in res.output
-    res = runner.invoke(app, ["eval", "--method", "color_gaussian", "--dataset", "mvtec", "--root", str(mvtec_root),
-                              "--categories", "bottle", "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "bottle" in res.output
+    res = run_cli("eval", "--method", "color_gaussian", "--dataset", "mvtec", "--root", mvtec_root,
+                  "--categories", "bottle", "--out", tmp_path / "x")
+    assert_one_line_error(res, "bottle")

@@ -6,9 +6,12 @@ One method instance per category (so encoders and their feature caches are loade
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,14 +24,24 @@ from fsiad.fewshot.data import load_dataset
 from fsiad.fewshot.data.base import Category, DatasetError, Sample
 from fsiad.fewshot.data.io import read_mask
 from fsiad.fewshot.data.sampling import sample_shots
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.evaluation.results import ResultsStore, shots_key
-from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, create_method
+from fsiad.fewshot.fileio import OutputLock, check_out_not_input
+from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, create_method, method_class
 from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 from PIL import Image
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
 ALL = "all"
+#: ``fsiad eval`` shot settings when none are given: each regime's natural protocol.
+DEFAULT_SHOTS: dict[str, list[int | str]] = {
+    "full-data": [ALL],
+    "few-shot": [1, 2, 4, 8],
+    "zero-shot": [0],
+    "zero-shot-transductive": [0],
+}
 
 
 @dataclass
@@ -41,7 +54,9 @@ class EvalConfig:
         root: dataset root (``None`` for embedded datasets).
         out: output folder of the results files.
         categories: subset of categories (``None`` = all).
-        shots: shot counts; ``"all"`` = the whole normal training pool (full-data).
+        shots: shot counts; ``"all"`` = the whole normal training pool (full-data); ``None`` =
+            the method's regime default (``DEFAULT_SHOTS``). A count larger than a
+            category's pool is refused (results record what ran).
         seeds: seeds of the reference sampling (zero-shot and full-data runs use the seeds too:
             they seed coresets / random projections; zero-shot runs use only the first seed).
         method_config: options passed to the method.
@@ -54,7 +69,7 @@ class EvalConfig:
     root: Path | None
     out: Path
     categories: list[str] | None = None
-    shots: list[int | str] = field(default_factory=lambda: [0])
+    shots: list[int | str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     method_config: MethodConfig = field(default_factory=MethodConfig)
     chunk_size: int = 32
@@ -68,29 +83,40 @@ class PreparedBatches:
     fits in ``keep_bytes`` it is prepared once and kept; otherwise it is re-read each pass.
     """
 
-    def __init__(self, method: AnomalyMethod, samples: Sequence[Sample], chunk: int, keep_bytes: int = 0) -> None:
+    def __init__(self, method: AnomalyMethod, samples: Sequence[Sample], chunk: int, keep_bytes: int = 0,
+                 on_images: Callable[[int], None] | None = None) -> None:
         self.method, self.samples, self.chunk = method, list(samples), chunk
-        self._kept: list[Any] | None = None
+        self._kept: list[tuple[Any, int]] | None = None
         self._keep_bytes = keep_bytes
+        #: called with the number of images of each chunk as it is handed out (progress bars)
+        self.on_images = on_images
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _chunks(self) -> Iterator[Any]:
+    def _chunks(self) -> Iterator[tuple[Any, int]]:
         for i in range(0, len(self.samples), self.chunk):
-            yield self.method.prepare(self.samples[i : i + self.chunk])
+            part = self.samples[i : i + self.chunk]
+            yield self.method.prepare(part), len(part)
+
+    def _tick(self, n: int) -> None:
+        if self.on_images is not None:
+            self.on_images(n)
 
     def __iter__(self) -> Iterator[Any]:
         if self._kept is not None:
-            yield from self._kept
+            for part, n in self._kept:
+                yield part
+                self._tick(n)
             return
-        kept: list[Any] | None = [] if self._keep_bytes > 0 else None
+        kept: list[tuple[Any, int]] | None = [] if self._keep_bytes > 0 else None
         size = 0
-        for part in self._chunks():
+        for part, n in self._chunks():
             if kept is not None:
                 size += _nbytes(part)
-                kept = kept + [part] if size <= self._keep_bytes else None
+                kept = kept + [(part, n)] if size <= self._keep_bytes else None
             yield part
+            self._tick(n)
         if kept is not None:
             self._kept = kept
 
@@ -123,14 +149,74 @@ def load_masks(method: AnomalyMethod, samples: Sequence[Sample]) -> torch.Tensor
     return method.preprocess.masks(masks)
 
 
-def config_fingerprint(cfg: EvalConfig) -> str:
-    """Hash of everything that changes the numbers (not shots/seeds/categories, which resume)."""
+def config_fingerprint(cfg: EvalConfig, resolve_paths: bool = True) -> str:
+    """Hash of everything that changes the numbers (not shots/seeds/categories, which resume).
+
+    Paths (``root``, ``weights``, ``prompts``) are resolved, so ``data/mvtec`` and
+    ``./data/../data/mvtec`` are one configuration; ``resolve_paths=False`` gives the older
+    fingerprint that hashed them as spelled (still accepted when resuming).
+    """
     mc = asdict(cfg.method_config)
     mc.pop("device", None)
     mc.pop("batch_size", None)
-    blob = json.dumps({"method": cfg.method, "dataset": cfg.dataset, "root": str(cfg.root), "config": mc},
+    root: Any = cfg.root
+    if resolve_paths:
+        root = _resolved(cfg.root)
+        for key in ("weights", "prompts"):
+            mc[key] = _resolved(mc.get(key))
+    blob = json.dumps({"method": cfg.method, "dataset": cfg.dataset, "root": str(root), "config": mc},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _resolved(path: str | Path | None) -> str | None:
+    return None if path is None else os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def default_shots(method: str) -> list[int | str]:
+    """The shot settings of a method's natural regime (``fsiad eval`` without ``--shots``)."""
+    cls = method_class(method)
+    if cls.transductive:
+        return [0]
+    return list(DEFAULT_SHOTS.get(cls.regime, [0]))
+
+
+def check_shots(method: str, shots: Sequence[int | str]) -> None:
+    """Refuse shot settings the method cannot run, before any run starts.
+
+    Few-shot and full-data methods need references (``0`` refused unless the class sets
+    ``zero_shot_capable = True``); transductive zero-shot methods take none (``K > 0`` refused).
+
+    Raises:
+        OptionError: names the method, its regime and the settings it accepts.
+    """
+    cls = method_class(method)
+    regime = "zero-shot-transductive" if cls.transductive else cls.regime
+    default = ",".join(map(str, default_shots(method)))
+    if cls.transductive and any(k != 0 for k in shots):
+        raise OptionError(f"--shots {','.join(map(str, shots))}: {method} is a {regime} method and takes no "
+                          f"normal references; use --shots 0 (its default)")
+    needs_refs = regime in ("few-shot", "full-data") and not getattr(cls, "zero_shot_capable", False)
+    if needs_refs and 0 in shots:
+        raise OptionError(f"--shots 0: {method} is a {regime} method and needs normal references; "
+                          f"use --shots {default} (its default) or counts >= 1")
+
+
+def check_pools(categories: Sequence[Category], shots: Sequence[int | str]) -> None:
+    """Refuse a shot count larger than a category's normal training pool (or an empty pool).
+
+    The results record what ran, so a request that cannot be honoured is refused rather than
+    silently run with fewer references.
+    """
+    for cat in categories:
+        pool = len(cat.train)
+        for k in shots:
+            if k == ALL and pool == 0:
+                raise DatasetError(f"--shots all: category {cat.name!r} has no normal training images")
+            if k != ALL and int(k) > pool:
+                raise DatasetError(
+                    f"--shots {k}: category {cat.name!r} has only {pool} normal training images; "
+                    f"use --shots all (= {pool} here) or counts <= {pool}")
 
 
 def _resolve_shots(shots: int | str, category: Category) -> int:
@@ -139,50 +225,109 @@ def _resolve_shots(shots: int | str, category: Category) -> int:
     return int(shots)
 
 
-def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every (category, shots, seed) not yet in ``cfg.out``; return ``results.json``'s content."""
+def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None,
+             show_bars: bool = False) -> dict[str, Any]:
+    """Run every (category, shots, seed) not yet in ``cfg.out``; return ``results.json``'s content.
+
+    Everything that can be checked is checked before the first run: the shot settings against
+    the method's regime and the categories' training pools, ``out`` against the dataset root,
+    the lock on ``out``, the stored results (resume), and the method options (the method is
+    built once up front).
+
+    Args:
+        cfg: what to evaluate (``cfg.shots=None``: the method's default, see ``default_shots``).
+        progress: receives one line per finished run (default: ``logging`` at INFO).
+        show_bars: tqdm bars on stderr: runs (with ETA) and the phases of the current run.
+
+    Raises:
+        OutputLockedError: another run writes to ``cfg.out``.
+        OutputOverlapError: ``cfg.out`` is inside the dataset root or contains it.
+        ResumeError: ``cfg.out`` holds another run's or unreadable results.
+        OptionError, DatasetError: shots the method or the dataset cannot honour.
+    """
     say = progress or log.info
+    shots = _unique(cfg.shots if cfg.shots is not None else default_shots(cfg.method))
+    seeds = _unique(cfg.seeds)
+    if not seeds:
+        raise OptionError("--seeds: give at least one seed")
+    check_shots(cfg.method, shots)
+    check_out_not_input(cfg.out, [cfg.root])
     categories = load_dataset(cfg.dataset, cfg.root, cfg.categories)
     if not categories:
         raise DatasetError(f"{cfg.root}: no categories found for dataset {cfg.dataset!r}")
+    check_pools(categories, shots)
     meta: dict[str, Any] = {
         "method": cfg.method,
         "dataset": cfg.dataset,
-        "root": str(cfg.root) if cfg.root else None,
+        "root": _resolved(cfg.root),
         "categories": [c.name for c in categories],
-        "shots": [shots_key(s) for s in cfg.shots],
-        "seeds": list(cfg.seeds),
+        "shots": [shots_key(s) for s in shots],
+        "seeds": seeds,
         "config_fingerprint": config_fingerprint(cfg),
         "method_config": asdict(cfg.method_config),
     }
-    store = ResultsStore(cfg.out, meta)
-    for category in categories:
-        todo = [
-            (k, seed)
-            for k in cfg.shots
-            for seed in (cfg.seeds[:1] if k in (0, "0") else cfg.seeds)
-            if not store.done(category.name, k, seed)
+    with OutputLock(cfg.out, "fsiad eval"):
+        store = ResultsStore(cfg.out, meta, compatible_fingerprints=[config_fingerprint(cfg, resolve_paths=False)])
+        plan = [
+            (category, [(k, seed) for k in shots for seed in (seeds[:1] if k in (0, "0") else seeds)
+                        if not store.done(category.name, k, seed)])
+            for category in categories
         ]
-        if not todo:
-            say(f"{category.name}: all runs already in {cfg.out}, skipped")
-            continue
-        mc = MethodConfig(**{**asdict(cfg.method_config), "class_name": _class_name(cfg, category)})
-        method = create_method(cfg.method, mc)
-        _enable_caches(method, cfg.cache_bytes // 2)
-        test = PreparedBatches(method, category.test, cfg.chunk_size, keep_bytes=cfg.cache_bytes // 2)
-        labels = np.array([s.label for s in category.test], dtype=np.int64)
-        masks = load_masks(method, category.test) if category.has_masks else None
-        for k, seed in todo:
-            n_shots = _resolve_shots(k, category)
-            refs = sample_shots(category.train, n_shots, seed) if n_shots < len(category.train) else list(category.train)
-            _seed_everything(seed)
-            t0 = time.perf_counter()
-            method.fit(PreparedBatches(method, refs, cfg.chunk_size) if refs else None)
-            t1 = time.perf_counter()
-            result = method.predict(test)
-            t2 = time.perf_counter()
+        for category, todo in plan:
+            if not todo:
+                say(f"{category.name}: all runs already in {cfg.out}, skipped")
+        plan = [(c, todo) for c, todo in plan if todo]
+        bars = _Bars(sum(len(todo) for _, todo in plan), enabled=show_bars)
+        try:
+            method = _build_method(cfg, plan[0][0]) if plan else None  # option errors before any run
+            for i, (category, todo) in enumerate(plan):
+                method = method if i == 0 else _build_method(cfg, category)
+                _run_category(cfg, store, method, category, todo, bars, say)
+        finally:
+            bars.close()
+        return store.summary()
+
+
+def _unique(values: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _build_method(cfg: EvalConfig, category: Category) -> AnomalyMethod:
+    mc = MethodConfig(**{**asdict(cfg.method_config), "class_name": _class_name(cfg, category)})
+    method = create_method(cfg.method, mc)
+    _enable_caches(method, cfg.cache_bytes // 2)
+    return method
+
+
+def _run_category(cfg: EvalConfig, store: ResultsStore, method: AnomalyMethod, category: Category,
+                  todo: list[tuple[int | str, int]], bars: _Bars, say: Callable[[str], None]) -> None:
+    test = PreparedBatches(method, category.test, cfg.chunk_size, keep_bytes=cfg.cache_bytes // 2)
+    labels = np.array([s.label for s in category.test], dtype=np.int64)
+    masks = load_masks(method, category.test) if category.has_masks else None
+    for k, seed in todo:
+        bars.start_run(f"{category.name} shots={shots_key(k)} seed={seed}")
+        n_shots = _resolve_shots(k, category)
+        refs = sample_shots(category.train, n_shots, seed) if n_shots < len(category.train) else list(category.train)
+        _seed_everything(seed)
+        t0 = time.perf_counter()
+        with bars.phase("fit", len(refs)) as tick:
+            method.fit(PreparedBatches(method, refs, cfg.chunk_size, on_images=tick) if refs else None)
+        t1 = time.perf_counter()
+        with bars.phase("predict", len(category.test)) as tick:
+            test.on_images = tick
+            try:
+                result = method.predict(test)
+            finally:
+                test.on_images = None
+        t2 = time.perf_counter()
+        with bars.phase("metrics", 2 if masks is not None else 1, unit="step") as tick:
             row: dict[str, Any] = {"category": category.name, "shots": k, "seed": seed}
             row.update(image_metrics(result.image_scores.numpy(), labels))
+            tick(1)
             if masks is not None:
                 if tuple(result.anomaly_maps.shape) != tuple(masks.shape):
                     raise RuntimeError(
@@ -190,18 +335,55 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                         f"masks {tuple(masks.shape)}"
                     )
                 row.update(pixel_metrics(result.anomaly_maps.numpy(), masks.numpy()))
-            row.update(
-                n_test=len(category.test), n_anomalous=int(labels.sum()), fit_s=round(t1 - t0, 3),
-                predict_s=round(t2 - t1, 3), images_per_s=round(len(category.test) / max(t2 - t1, 1e-9), 3),
-            )
-            _record_method_meta(store.meta, method, k)
-            store.add(row, [str(s.path) for s in refs])
-            say(
-                f"{category.name} shots={k} seed={seed}: "
-                + ", ".join(f"{m}={row[m]:.4f}" for m in ("image_auroc", "pixel_auroc", "pixel_aupro") if row.get(m) is not None)
-                + f" ({row['images_per_s']:.1f} img/s)"
-            )
-    return store.summary()
+                tick(1)
+        t3 = time.perf_counter()
+        row.update(
+            n_test=len(category.test), n_anomalous=int(labels.sum()), fit_s=round(t1 - t0, 3),
+            predict_s=round(t2 - t1, 3), metrics_s=round(t3 - t2, 3),
+            images_per_s=round(len(category.test) / max(t2 - t1, 1e-9), 3),
+        )
+        _record_method_meta(store.meta, method, k)
+        store.add(row, [str(s.path) for s in refs])
+        bars.end_run()
+        say(
+            f"{category.name} shots={k} (used {len(refs)}) seed={seed}: "
+            + ", ".join(f"{m}={row[m]:.4f}" for m in ("image_auroc", "pixel_auroc", "pixel_aupro") if row.get(m) is not None)
+            + f" (fit {row['fit_s']:.1f} s, predict {row['predict_s']:.1f} s, metrics {row['metrics_s']:.1f} s, "
+            + f"{row['images_per_s']:.1f} img/s)"
+        )
+
+
+class _Bars:
+    """tqdm bars on stderr: one over all runs (ETA of the benchmark), one for the current phase."""
+
+    def __init__(self, total_runs: int, enabled: bool) -> None:
+        self.enabled = enabled and total_runs > 0
+        # in a log file (no terminal) a redraw every few seconds is enough
+        self.interval = 0.1 if sys.stderr.isatty() else 5.0
+        self.runs = tqdm(total=total_runs, unit="run", desc="eval", file=sys.stderr, disable=not self.enabled,
+                         position=0, dynamic_ncols=True, mininterval=self.interval)
+
+    def start_run(self, name: str) -> None:
+        self.runs.set_description_str(name)
+
+    def end_run(self) -> None:
+        self.runs.update(1)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int, unit: str = "img") -> Iterator[Callable[[int], None]]:
+        bar = tqdm(total=total, unit=unit, desc=f"  {name}", file=sys.stderr, disable=not self.enabled,
+                   position=1, leave=False, dynamic_ncols=True, mininterval=self.interval)
+
+        def tick(n: int) -> None:
+            bar.update(max(0, min(n, bar.total - bar.n)))
+
+        try:
+            yield tick
+        finally:
+            bar.close()
+
+    def close(self) -> None:
+        self.runs.close()
 
 
 def _class_name(cfg: EvalConfig, category: Category) -> str:

@@ -3,6 +3,15 @@
 ``results.csv`` (one row per category x shots x seed), ``results.md`` (per-category table,
 mean ± std over seeds, with a mean row) and ``results.json`` are rewritten atomically after
 every finished row, so a crash keeps every finished row and a rerun resumes.
+
+Every row records what ran: ``shots`` is the requested setting (``"4"``, ``"all"``) and
+``shots_used`` the number of normal references the method was actually fitted on (the
+whole training pool for ``"all"``); the markdown and JSON carry the same number.
+
+A store opened on a folder that already holds results MERGES: the earlier rows, references
+and run settings (categories, shots, seeds) are kept, and new rows are added. Results of a
+different method, dataset or configuration are refused (``ResumeError``), as is an unreadable
+or inconsistent state (the message says what to delete).
 """
 
 from __future__ import annotations
@@ -11,12 +20,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsiad.fewshot.errors import FsiadError
+from fsiad.fewshot.fileio import atomic_write_text
 
 METRICS = (
     "image_auroc",
@@ -27,15 +37,16 @@ METRICS = (
     "pixel_f1max",
     "pixel_aupro",
 )
-ROW_FIELDS = ("category", "shots", "seed", *METRICS, "n_test", "n_anomalous", "fit_s", "predict_s",
+#: Phase timings of one run, in seconds (fit = encode references + build the model).
+TIMINGS = ("fit_s", "predict_s", "metrics_s")
+ROW_FIELDS = ("category", "shots", "shots_used", "seed", *METRICS, "n_test", "n_anomalous", *TIMINGS,
               "images_per_s", "references")
+#: Meta entries that must match for a folder's results to be resumed / merged.
+IDENTITY_KEYS = ("method", "dataset", "config_fingerprint")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class ResumeError(FsiadError, RuntimeError):
+    """The output folder holds results that cannot be resumed (another run's, or corrupt)."""
 
 
 def shots_key(shots: int | str) -> str:
@@ -51,79 +62,172 @@ def _num(value: Any) -> float | None:
 
 
 class ResultsStore:
-    """Rows of finished runs plus run metadata, persisted in ``out``."""
+    """Rows of finished runs plus run metadata, persisted in ``out``.
 
-    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+    Args:
+        out: results folder (created if needed).
+        meta: metadata of this run (``method``, ``dataset``, ``config_fingerprint``, ...).
+        compatible_fingerprints: other fingerprints that denote the same configuration (an
+            older spelling of it); results stored under them are resumed too.
+
+    Raises:
+        ResumeError: ``out`` holds results of another run, or an unreadable state.
+    """
+
+    def __init__(self, out: Path, meta: dict[str, Any], compatible_fingerprints: Iterable[str] = ()) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta = meta
         self.rows: list[dict[str, Any]] = []
+        self._compatible = {meta.get("config_fingerprint"), *compatible_fingerprints}
         self._load_existing()
 
     # -- resume ---------------------------------------------------------------------------
+    def _corrupt(self, path: Path, detail: str) -> ResumeError:
+        return ResumeError(
+            f"{path}: cannot resume from it ({detail}); delete results.csv, results.json and results.md "
+            f"in {self.out} to start over, or choose another --out")
+
     def _load_existing(self) -> None:
         json_path, csv_path = self.out / "results.json", self.out / "results.csv"
         if not csv_path.exists():
             return
-        if json_path.exists():
-            old = json.loads(json_path.read_text()).get("meta", {})
-            for key in ("method", "dataset", "config_fingerprint"):
-                if key in old and old[key] != self.meta.get(key):
-                    raise RuntimeError(
-                        f"{self.out}: holds results of another run ({key}={old[key]!r}, now "
-                        f"{self.meta.get(key)!r}); use a different --out"
-                    )
-            refs = old.get("references", {})
-            for cat, by_shot in refs.items():
-                for k, by_seed in by_shot.items():
-                    self.meta.setdefault("references", {}).setdefault(cat, {}).setdefault(k, {}).update(by_seed)
-        with csv_path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                self.rows.append(row)
+        if not json_path.exists():
+            raise self._corrupt(csv_path, "results.json, which names the run that wrote it, is missing")
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._corrupt(json_path, f"not valid JSON: {e}") from None
+        old = doc.get("meta") if isinstance(doc, dict) else None
+        if not isinstance(old, dict):
+            raise self._corrupt(json_path, "no 'meta' object")
+        for key in IDENTITY_KEYS:
+            if key not in old:
+                continue
+            same = old[key] in self._compatible if key == "config_fingerprint" else old[key] == self.meta.get(key)
+            if not same:
+                raise ResumeError(
+                    f"{self.out}: holds results of another run ({key}={old[key]!r}, now "
+                    f"{self.meta.get(key)!r}); use a different --out"
+                )
+        self.rows = self._read_rows(csv_path)
+        self._merge_meta(old)
+
+    def _read_rows(self, csv_path: Path) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        try:
+            with csv_path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                fields = reader.fieldnames or []
+                for key in ("category", "shots", "seed"):
+                    if key not in fields:
+                        raise self._corrupt(csv_path, f"no {key!r} column")
+                for line, row in enumerate(reader, start=2):
+                    rows.append(self._checked_row(row, csv_path, line))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise self._corrupt(csv_path, str(e)) from None
+        return rows
+
+    def _checked_row(self, row: dict[Any, Any], path: Path, line: int) -> dict[str, Any]:
+        if None in row or any(v is None for v in row.values()):
+            raise self._corrupt(path, f"line {line} does not have the header's number of fields")
+        if not row["category"]:
+            raise self._corrupt(path, f"line {line}: empty category")
+        if not _valid_shots_key(row["shots"]):
+            raise self._corrupt(path, f"line {line}: shots {row['shots']!r} is neither a count nor 'all'")
+        if not row["seed"].lstrip("-").isdigit():
+            raise self._corrupt(path, f"line {line}: seed {row['seed']!r} is not an integer")
+        for key in (*METRICS, *TIMINGS, "shots_used"):
+            try:
+                _num(row.get(key))
+            except ValueError:
+                raise self._corrupt(path, f"line {line}: {key} {row[key]!r} is not a number") from None
+        out = {k: row.get(k, "") for k in ROW_FIELDS}
+        if out["shots_used"] in ("", None):  # rows written before the column existed
+            out["shots_used"] = len(out["references"].split(";")) if out["references"] else 0
+        return out
+
+    def _merge_meta(self, old: dict[str, Any]) -> None:
+        """This run's meta over the stored one; run settings and references are unions."""
+        merged = {**old, **self.meta}
+        for key in ("categories", "shots", "seeds"):
+            before = old.get(key) if isinstance(old.get(key), list) else []
+            merged[key] = before + [v for v in self.meta.get(key, []) if v not in before]
+        regimes = old.get("regime_by_shots")
+        if isinstance(regimes, dict) and regimes:
+            merged["regime_by_shots"] = {**regimes, **self.meta.get("regime_by_shots", {})}
+            merged["regime"] = ", ".join(sorted(set(map(str, merged["regime_by_shots"].values()))))
+        done = {(r["category"], r["shots"], str(int(r["seed"]))) for r in self.rows}
+        refs: dict[str, Any] = {}
+        stored = old.get("references")
+        for cat, by_shot in (stored.items() if isinstance(stored, dict) else ()):
+            for k, by_seed in (by_shot.items() if isinstance(by_shot, dict) else ()):
+                for seed, paths in (by_seed.items() if isinstance(by_seed, dict) else ()):
+                    if (cat, k, str(seed)) in done:
+                        refs.setdefault(cat, {}).setdefault(k, {})[str(seed)] = paths
+        merged["references"] = refs
+        self.meta = merged
+
+    @staticmethod
+    def _key(category: str, shots: int | str, seed: int | str) -> tuple[str, str, int]:
+        return category, shots_key(shots), int(seed)
 
     def done(self, category: str, shots: int | str, seed: int) -> bool:
-        return any(
-            r["category"] == category and r["shots"] == shots_key(shots) and int(r["seed"]) == seed
-            for r in self.rows
-        )
+        key = self._key(category, shots, seed)
+        return any(self._key(r["category"], r["shots"], r["seed"]) == key for r in self.rows)
 
     # -- write ------------------------------------------------------------------------------
     def add(self, row: dict[str, Any], references: list[str]) -> None:
+        """Record a finished run (replacing an earlier row of the same category, shots, seed).
+
+        ``shots_used`` is taken from ``references``: the images the method was fitted on.
+        """
         row = {k: row.get(k) for k in ROW_FIELDS}
         row["shots"] = shots_key(row["shots"])
+        row["shots_used"] = len(references)
         row["references"] = ";".join(references)
-        self.rows.append(row)
+        key = self._key(row["category"], row["shots"], row["seed"])
+        self.rows = [r for r in self.rows if self._key(r["category"], r["shots"], r["seed"]) != key] + [row]
         refs = self.meta.setdefault("references", {}).setdefault(row["category"], {})
         refs.setdefault(row["shots"], {})[str(row["seed"])] = references
         self.flush()
 
     def flush(self) -> None:
+        """Rewrite the three files atomically; ``results.json`` (which names the run) first."""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
         writer.writeheader()
         for r in self.rows:
             writer.writerow({k: _fmt(r.get(k)) for k in ROW_FIELDS})
-        atomic_write_text(self.out / "results.csv", buf.getvalue())
         summary = self.summary()
         atomic_write_text(self.out / "results.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(self.out / "results.csv", buf.getvalue())
         atomic_write_text(self.out / "results.md", render_markdown(summary))
 
     # -- aggregate --------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The ``results.json`` document: per-category and mean-over-categories statistics.
 
-        Per category, mean ± std (population std, ddof=0) over seeds. The mean block first
-        averages categories for each seed (seeds present in every category), then takes
-        mean ± std over seeds, as the few-shot literature reports it.
+        Per category, mean ± std (population std, ddof=0) over seeds, the number of references
+        actually used (``shots_used``: one number, or the sorted list when seeds differ) and the
+        mean phase timings. The mean block first averages categories for each seed (seeds
+        present in every category), then takes mean ± std over seeds, as the few-shot
+        literature reports it.
         """
         cats: dict[str, Any] = {}
         by_key: dict[tuple[str, str], dict[int, dict[str, float | None]]] = {}
+        rows_by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in self.rows:
             values = {m: _num(r.get(m)) for m in METRICS}
             by_key.setdefault((r["category"], r["shots"]), {})[int(r["seed"])] = values
+            rows_by_key.setdefault((r["category"], r["shots"]), []).append(r)
         for (cat, k), seeds in by_key.items():
-            cats.setdefault(cat, {"shots": {}})["shots"][k] = {
-                m: _stats([v[m] for v in seeds.values()]) for m in METRICS
+            block = cats.setdefault(cat, {"shots": {}, "shots_used": {}, "timing_s": {}})
+            block["shots"][k] = {m: _stats([v[m] for v in seeds.values()]) for m in METRICS}
+            used = sorted({int(_num(r.get("shots_used")) or 0) for r in rows_by_key[(cat, k)]})
+            block["shots_used"][k] = used[0] if len(used) == 1 else used
+            block["timing_s"][k] = {
+                t: _mean_or_none(_num(r.get(t)) for r in rows_by_key[(cat, k)]) for t in TIMINGS
             }
         mean: dict[str, Any] = {}
         shot_keys = sorted({k for _, k in by_key}, key=_shot_order)
@@ -138,6 +242,10 @@ class ResultsStore:
             }
             mean[k] = {m: _stats(per_seed[m]) for m in METRICS}
         return {"meta": self.meta, "categories": {c: cats[c] for c in categories}, "mean": mean}
+
+
+def _valid_shots_key(k: str) -> bool:
+    return k == "all" or k.isdigit()
 
 
 def _fmt(v: Any) -> Any:
@@ -171,17 +279,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"Encoder: {meta.get('encoder')} ({meta.get('weights_source')}); "
         f"regime: {meta.get('regime')}; seeds: {meta.get('seeds')}; "
         f"metric resolution: {meta.get('metric_resolution')}. Values in %, mean ± std over seeds.",
+        "",
+        "`used` = normal reference images the method was fitted on ('all' = the whole training pool).",
     ]
     shot_keys = sorted({k for c in summary["categories"].values() for k in c["shots"]}, key=_shot_order)
     short = ["I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO"]
     for k in shot_keys:
-        lines += ["", f"## shots = {k}", "", "| category | " + " | ".join(short) + " |",
-                  "|---|" + "---:|" * len(short)]
-        rows = [(c, v["shots"][k]) for c, v in summary["categories"].items() if k in v["shots"]]
+        lines += ["", f"## shots = {k}", "", "| category | used | " + " | ".join(short) + " |",
+                  "|---|---:|" + "---:|" * len(short)]
+        rows = [(c, v["shots"][k], v.get("shots_used", {}).get(k)) for c, v in summary["categories"].items()
+                if k in v["shots"]]
         if k in summary["mean"]:
-            rows.append(("**mean**", summary["mean"][k]))
-        for name, stats in rows:
-            cells = []
+            used = {json.dumps(u) for _, _, u in rows}
+            rows.append(("**mean**", summary["mean"][k], rows[0][2] if len(used) == 1 else None))
+        for name, stats, used_k in rows:
+            cells = [_used_cell(used_k)]
             for m in METRICS:
                 s = stats[m]
                 if s["mean"] is None:
@@ -190,3 +302,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
                     cells.append(f"{100 * s['mean']:.1f}±{100 * s['std']:.1f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _used_cell(used: int | list[int] | None) -> str:
+    if used is None:
+        return "–"
+    return "/".join(map(str, used)) if isinstance(used, list) else str(used)
