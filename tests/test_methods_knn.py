@@ -1,5 +1,6 @@
 import pytest
 import torch
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.methods import MethodConfig, create_method
 from fsiad.fewshot.methods.knn import augment_shots
 
@@ -36,7 +37,7 @@ def test_random_encoder_contract_and_memory():
     assert m.predict(x[2:]).image_scores[0] < 1e-4
     d = m.describe()
     assert d["encoder"]["encoder"] == "dinov2_vits14" and d["layers"] == [5, 8] and d["metric"] == "cosine"
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(OptionError, match="unknown option"):
         create_method("knn", MethodConfig(allow_random=True, image_size=56, options={"topk": 1}))
 
 

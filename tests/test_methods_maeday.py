@@ -3,6 +3,7 @@
 import pytest
 import torch
 from fsiad.fewshot.encoders import WeightsNotFoundError, create_encoder, encoder_status, get_entry
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
 from fsiad.fewshot.methods.maeday import mask_noise, masked_error_maps
 
@@ -114,7 +115,7 @@ def test_fit_with_references_and_bad_options_fail_clearly():
     m = _tiny()
     with pytest.raises(NotImplementedError, match="zero-shot only"):
         m.fit(torch.rand(1, 3, 64, 64))
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(OptionError, match="unknown option"):
         _tiny(n_mask=3)
     with pytest.raises(ValueError, match="allow_random"):
         create_method("maeday", MethodConfig(options={"arch": TINY}))

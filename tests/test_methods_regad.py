@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
 from fsiad.fewshot.methods.regad import N_AUGMENT, augment_support, concat_nearest
 from fsiad.fewshot.ops.smoothing import upsample_blur
@@ -96,7 +97,7 @@ def test_save_load_round_trips_exactly(tmp_path):
 def test_bad_input_fails_clearly():
     with pytest.raises(ValueError, match="at least 1"):
         _tiny().fit(None)
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(OptionError, match="unknown option"):
         _tiny(sigm=2)
     with pytest.raises(ValueError, match="at least 2"):
         _tiny(augment=False).fit(_images(1, 5))

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 from fsiad.fewshot.encoders import WeightsNotFoundError
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.methods import AnomalyMethod, MethodConfig, create_method
 from fsiad.fewshot.methods.winclip import WinCLIP, five_crops, make_windows
 from fsiad.fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
@@ -74,7 +75,7 @@ def test_invalid_prompt_file_fails_at_construction(tiny, tmp_path):
     bad.write_text("normal_states: ['ok {}']\nanomalous_states: []\ntemplates: ['no placeholder']\n")
     with pytest.raises(PromptError, match=r"bad.yaml:2: .*empty list"):
         WinCLIP(MethodConfig(prompts=str(bad)), encoder=tiny)
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(OptionError, match="unknown option"):
         WinCLIP(MethodConfig(options={"scale": 2}), encoder=tiny)
 
 

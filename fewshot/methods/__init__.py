@@ -1,28 +1,33 @@
-"""Anomaly detection methods. Every module in this package registers its methods on import."""
+"""Anomaly detection methods.
 
-import importlib
-import pkgutil
+Methods are found by name through the catalogue (``fsiad.fewshot.registry``): ``method_class``
+imports only the module that defines the method. Importing this package loads nothing heavy;
+the names below come from ``fsiad.fewshot.methods.base`` (torch) on first use.
+"""
 
-from fsiad.fewshot.methods.base import (
-    AnomalyMethod,
-    MethodConfig,
-    create_method,
-    iter_batches,
-    method_class,
-    method_names,
-    register_method,
-)
+from __future__ import annotations
 
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base" and not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
+from typing import Any
 
 __all__ = [
     "AnomalyMethod",
     "MethodConfig",
+    "Option",
     "create_method",
     "iter_batches",
     "method_class",
     "method_names",
     "register_method",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Option":
+        from fsiad.fewshot.methods.options import Option
+
+        return Option
+    if name in __all__:
+        from fsiad.fewshot.methods import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'fsiad.fewshot.methods' has no attribute {name!r}")

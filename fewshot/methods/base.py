@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 from fsiad.fewshot.data.base import Sample
+from fsiad.fewshot.errors import FsiadError
+from fsiad.fewshot.methods.options import Option, resolve, untyped
 from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
 
@@ -86,17 +88,28 @@ class AnomalyMethod(ABC):
     regime: ClassVar[str] = "few-shot"
     #: True when predict must see the whole unlabeled query set at once (MuSc-style).
     transductive: ClassVar[bool] = False
+    #: the method's ``-o KEY=VALUE`` options (see ``fewshot.methods.options``); ``None`` = undeclared
+    options: ClassVar[tuple[Option, ...] | None] = None
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config or MethodConfig()
         self.fitted = False
 
-    def resolve_options(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        """``defaults`` updated with ``config.options``; unknown keys raise one clear error."""
-        unknown = set(self.config.options) - set(defaults)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown options {sorted(unknown)}; known: {sorted(defaults)}")
-        return {**defaults, **self.config.options}
+    def resolve_options(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every declared option's value: ``config.options`` checked and typed against ``options``.
+
+        ``defaults`` (legacy, for methods without a declaration): untyped ``{name: default}``;
+        only unknown keys are rejected then.
+
+        Raises:
+            OptionError: unknown key (``-o KEY``) or bad value (``-o KEY=VALUE``), one line.
+        """
+        decl = type(self).options
+        if decl is None:
+            if defaults is None:
+                raise TypeError(f"{type(self).__name__} declares no options; pass defaults or set options")
+            decl = untyped(defaults)
+        return resolve(decl, self.config.options, self.name or type(self).__name__)
 
     # -- contract -----------------------------------------------------------------------
     @property
@@ -193,8 +206,19 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}
 
 
+class UnknownMethodError(FsiadError, KeyError):
+    """``--method NAME`` names no method of the catalogue (``fsiad.fewshot.registry``) or registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def register_method(name: str) -> Callable[[type[AnomalyMethod]], type[AnomalyMethod]]:
-    """Class decorator: make a method available by ``name`` to the CLI and harness."""
+    """Class decorator: make a method available by ``name`` to the CLI and harness.
+
+    Built-in and plugin methods are found through the catalogue (``fsiad.fewshot.registry``)
+    without this; it serves methods defined at run time (tests, notebooks).
+    """
 
     def deco(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -207,22 +231,44 @@ def register_method(name: str) -> Callable[[type[AnomalyMethod]], type[AnomalyMe
 
 
 def method_names() -> list[str]:
-    _import_builtin_methods()
-    return sorted(_REGISTRY)
+    """Every method name: the catalogue's (no import) and those registered at run time."""
+    from fsiad.fewshot import registry
+
+    return sorted(set(registry.names("method")) | set(_REGISTRY))
 
 
 def method_class(name: str) -> type[AnomalyMethod]:
-    _import_builtin_methods()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    """The class of method ``name``; imports only the module that defines it.
+
+    Raises:
+        UnknownMethodError: no such method (the message lists the available ones).
+        MethodImportError: the method's module needs a package that is not installed.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    from fsiad.fewshot import registry
+
+    entry = registry.entry("method", name)
+    if entry is None:
+        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(method_names())}")
+    try:
+        cls = registry.load("method", name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "fsiad" and entry.source == "builtin":
+            raise
+        raise MethodImportError(f"method {name!r} cannot be loaded from {entry.module}: {exc} "
+                                f"(install the missing package)") from exc
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyMethod)):
+        raise TypeError(f"method {name!r}: {entry.target} is not an AnomalyMethod subclass")
+    if _REGISTRY.get(name) is not cls:
+        register_method(name)(cls)
+    return cls
+
+
+class MethodImportError(FsiadError, ImportError):
+    """A method's module (or a package it needs) cannot be imported."""
 
 
 def create_method(name: str, config: MethodConfig | None = None) -> AnomalyMethod:
-    """Instantiate a registered method by name."""
+    """Instantiate a method by name (see ``method_class``)."""
     return method_class(name)(config)
-
-
-def _import_builtin_methods() -> None:
-    # Importing the package registers the built-in methods (fewshot/methods/__init__.py).
-    import fsiad.fewshot.methods  # noqa: F401

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option
 from fsiad.fewshot.ops import GaussianAccumulator, GaussianStats, gaussian_blur, mahalanobis, topk_mean
 from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
@@ -26,11 +27,16 @@ class ColorGaussian(AnomalyMethod):
     """
 
     regime = "few-shot"
+    options = (
+        Option("eps", "float", 1e-4, "covariance ridge in [0, 1] colour units", ge=0),
+        Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    )
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.eps = float(self.config.options.get("eps", 1e-4))
-        self.sigma = float(self.config.options.get("sigma", 4.0))
+        opts = self.resolve_options()
+        self.eps = float(opts["eps"])
+        self.sigma = float(opts["sigma"])
         self._pre = Preprocess(self.config.image_size or 256, interpolation="bilinear")
         self.stats: GaussianStats | None = None
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.features import block_depth, encoder_from_config, fuse_layers, parse_layers
 from fsiad.fewshot.ops.knn import knn_search
 from fsiad.fewshot.ops.pooling import topk_mean
@@ -20,16 +21,19 @@ from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "dinov2_vits14"
 DEFAULT_SIZE = 224
-DEFAULTS: dict[str, Any] = {
-    "layers": None,
-    "augment": "flips",
-    "top_fraction": 0.01,
-    "sigma": 4.0,
-    "metric": None,
-    "k": 1,
-    "r": 1,
-}
 AUGMENTS = ("none", "flips", "rot4", "dihedral8")
+OPTIONS = (
+    Option("layers", "layers", None, "encoder layers to fuse (none = ViT blocks at 1/2 and 3/4 depth, [5, 8])",
+           nullable=True),
+    Option("augment", "str", "flips", "views of each shot added to the memory", choices=AUGMENTS),
+    Option("top_fraction", "float", 0.01, "image score = mean of this top share of patch distances", gt=0, le=1),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("metric", "str", None, "patch distance (none = the encoder's: cosine for ViTs, l2 for CNNs)",
+           choices=("cosine", "l2"), nullable=True),
+    Option("k", "int", 1, "nearest memory patches averaged per test patch", ge=1),
+    Option("r", "int", 1, "local r x r aggregation of each layer before fusion", ge=1),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
 
 def check_augment(mode: str) -> None:
@@ -100,10 +104,11 @@ class PatchKNN(AnomalyMethod):
     """
 
     regime = "few-shot"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         check_augment(self.opts["augment"])
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._default_size())
         self.layers = parse_layers(self.opts["layers"]) or self._default_layers()

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.features import encoder_from_config
 from fsiad.fewshot.ops.pooling import topk_mean
 from fsiad.fewshot.ops.smoothing import upsample_blur
@@ -14,8 +15,17 @@ from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "mae_vitb16_pretrain"
-DEFAULTS: dict[str, Any] = {"n_masks": 32, "keep_ratio": 0.25, "seed": 0, "sigma": 4.0, "topk": 0.01,
-                            "chunk": 64, "arch": None}
+OPTIONS = (
+    Option("n_masks", "int", 32, "random masks (reconstructions) per query image", ge=1),
+    Option("keep_ratio", "float", 0.25, "share of visible patches per mask", gt=0, lt=1),
+    Option("seed", "int", 0, "seed of the masks (shared by all images)"),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("topk", "float", 0.01, "image score = mean of this top share of the map", gt=0, le=1),
+    Option("chunk", "int", 64, "masked copies per decoder call (memory bound)", ge=1),
+    Option("arch", "dict", None, "ViTMAEConfig overrides for a random-init model (tests only, needs allow_random)",
+           nullable=True),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 #: ``reconstruct(images [B,3,H,W], noise [B,L], keep_ratio) -> (pred, target [B,L,p*p*c], masked [B,L] bool)``
 Reconstructor = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -99,10 +109,11 @@ class MAEDAY(AnomalyMethod):
     """
 
     regime = "zero-shot"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         if not 0.0 < float(self.opts["keep_ratio"]) < 1.0:
             raise ValueError(f"maeday: keep_ratio must be in (0, 1), got {self.opts['keep_ratio']}")
         self.encoder = self._build_encoder()

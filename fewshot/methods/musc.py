@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.aggregate import local_aggregate
 from fsiad.fewshot.ops.features import block_depth, encoder_from_config, parse_layers
 from fsiad.fewshot.ops.smoothing import upsample_blur
@@ -16,17 +17,20 @@ from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "dinov2_vits14"
-DEFAULTS: dict[str, Any] = {
-    "layers": None,
-    "r_list": (1, 3, 5),
-    "fraction": 0.3,
-    "k_list": (1, 2, 3),
-    "subset_size": 200,
-    "embedding": "mean",
-    "seed": 0,
-    "sigma": 4.0,
-    "block": 8,
-}
+OPTIONS = (
+    Option("layers", "layers", None, "encoder layers (none = four evenly spaced ViT blocks, [2, 5, 8, 11])", nullable=True),
+    Option("r_list", "ints", (1, 3, 5), "LNAMD neighbourhood sizes r (r x r averaging)", ge=1),
+    Option("fraction", "float", 0.3, "share of the most similar other images averaged by mutual scoring",
+           gt=0, le=1),
+    Option("k_list", "ints", (1, 2, 3), "RsCIN neighbourhood sizes (0 disables the refinement)", ge=0),
+    Option("subset_size", "int", 200, "images scored against each other at once (none = all)", ge=1,
+           nullable=True),
+    Option("embedding", "str", "mean", "image embedding for RsCIN", choices=("mean", "cls")),
+    Option("seed", "int", 0, "seed of the random split into subsets"),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("block", "int", 8, "images per matmul block (memory bound)", ge=1),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
 
 def mutual_scores(z: torch.Tensor, fraction: float = 0.3, block: int = 8) -> torch.Tensor:
@@ -139,10 +143,11 @@ class MuSc(AnomalyMethod):
 
     regime = "zero-shot-transductive"
     transductive = True
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         if self.opts["embedding"] not in ("mean", "cls"):
             raise ValueError(f"musc: embedding must be 'mean' or 'cls', got {self.opts['embedding']!r}")
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER)

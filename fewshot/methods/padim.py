@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
 from fsiad.fewshot.ops.gaussian import GaussianAccumulator, GaussianStats, mahalanobis
 from fsiad.fewshot.ops.smoothing import upsample_blur
@@ -15,7 +16,14 @@ from fsiad.fewshot.result import AnomalyResult
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 #: default layers per encoder family (stride 4, 8, 16 stages, as ResNet layer1-3 in the paper)
 DEFAULT_LAYERS = {"resnet": ["layer1", "layer2", "layer3"], "efficientnet": ["blocks.1", "blocks.2", "blocks.4"]}
-DEFAULTS: dict[str, Any] = {"layers": None, "n_features": 100, "eps": 0.01, "seed": None, "sigma": 4.0}
+OPTIONS = (
+    Option("layers", "layers", None, "encoder layers (none = strides 4, 8, 16: ResNet layer1-3 / EfficientNet blocks.1,2,4)", nullable=True),
+    Option("n_features", "int", 100, "random channel subset kept", ge=1),
+    Option("eps", "float", 0.01, "covariance ridge (+ eps I)", ge=0),
+    Option("seed", "int", None, "channel subset seed (none = 0)", nullable=True),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
 
 @register_method("padim")
@@ -38,10 +46,11 @@ class PaDiM(AnomalyMethod):
     """
 
     regime = "full-data"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER)
         family = "resnet" if "layer1" in self.encoder.layers else "efficientnet"
         default = DEFAULT_LAYERS[family] if all(x in self.encoder.layers for x in DEFAULT_LAYERS[family]) else None

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.coreset import approximate_greedy_coreset
 from fsiad.fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
 from fsiad.fewshot.ops.knn import knn_search
@@ -14,16 +15,18 @@ from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
-DEFAULTS: dict[str, Any] = {
-    "layers": None,
-    "patch_size": 3,
-    "coreset_ratio": 0.1,
-    "proj_dim": 128,
-    "num_starts": 10,
-    "seed": None,
-    "reweight_b": 9,
-    "sigma": 4.0,
-}
+OPTIONS = (
+    Option("layers", "layers", None, "encoder layers (none = the encoder's two mid-level stages, stride 8 and 16)", nullable=True),
+    Option("patch_size", "int", 3, "local aggregation neighbourhood (patch_size x patch_size, stride 1)", ge=1),
+    Option("coreset_ratio", "float", 0.1, "share of training patches kept by the greedy coreset (1 = all)",
+           gt=0, le=1),
+    Option("proj_dim", "int", 128, "random projection dimension for the coreset selection", ge=1),
+    Option("num_starts", "int", 10, "coreset start candidates", ge=1),
+    Option("seed", "int", None, "coreset seed (none = 0)", nullable=True),
+    Option("reweight_b", "int", 9, "neighbours of the image-score reweighting (1 = plain max)", ge=1),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
 
 def reweighted_scores(
@@ -94,10 +97,11 @@ class PatchCore(AnomalyMethod):
     """
 
     regime = "full-data"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER)
         self.layers = parse_layers(self.opts["layers"]) or list(self.encoder.default_layers)
         self.memory: torch.Tensor | None = None

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.features import encoder_from_config, parse_layers
 from fsiad.fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
 from fsiad.fewshot.ops.pooling import topk_mean
@@ -18,8 +19,18 @@ from fsiad.fewshot.result import AnomalyResult
 DEFAULT_ENCODER = "tf_efficientnet_lite0"
 #: strides 4, 8, 16 (RegAD: ResNet-18 layer1-3)
 DEFAULT_LAYERS = {"resnet": ["layer1", "layer2", "layer3"], "efficientnet": ["blocks.1", "blocks.2", "blocks.4"]}
-DEFAULTS: dict[str, Any] = {"layers": None, "eps": 0.01, "sigma": 4.0, "augment": True, "n_features": None,
-                            "seed": 0, "score": "max", "topk": 0.01, "fit_chunk": 256}
+OPTIONS = (
+    Option("layers", "layers", None, "encoder layers (none = strides 4, 8, 16: ResNet layer1-3 / EfficientNet blocks.1,2,4)", nullable=True),
+    Option("eps", "float", 0.01, "covariance ridge (+ eps I)", ge=0),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("augment", "bool", True, "RegAD's fixed support augmentation (22 views per shot)"),
+    Option("n_features", "int", None, "random channel subset (none = all channels)", ge=1, nullable=True),
+    Option("seed", "int", 0, "channel subset seed"),
+    Option("score", "str", "max", "image score: map maximum or mean of the top share", choices=("max", "topk")),
+    Option("topk", "float", 0.01, "top share of the map averaged with score=topk", gt=0, le=1),
+    Option("fit_chunk", "int", 256, "grid positions fitted at a time (memory bound)", ge=1),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 #: RegAD's support augmentations (test.py): small rotations, translations (normalised coordinates)
 ROTATIONS = tuple(k * math.pi / 16 for k in (-4, -3, -2, -1, 1, 2, 3, 4))
 TRANSLATIONS = ((0.2, 0.2), (-0.2, 0.2), (-0.2, -0.2), (0.2, -0.2), (0.1, 0.1), (-0.1, 0.1), (-0.1, -0.1), (0.1, -0.1))
@@ -105,10 +116,11 @@ class RegAD(AnomalyMethod):
     """
 
     regime = "few-shot"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         if self.opts["score"] not in ("max", "topk"):
             raise ValueError(f"regad: score must be 'max' or 'topk', got {self.opts['score']!r}")
         self._pre = Preprocess(self.config.image_size or 224, interpolation="bicubic")

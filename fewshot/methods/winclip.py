@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from fsiad.fewshot.encoders.clip import CLIPEncoder, create_clip_encoder
 from fsiad.fewshot.encoders.registry import create_encoder
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
 from fsiad.fewshot.ops.knn import knn_search
 from fsiad.fewshot.ops.smoothing import upsample_blur
@@ -59,8 +60,16 @@ from fsiad.fewshot.result import AnomalyResult
 from fsiad.prompts.loader import ClassPrompts, load_prompts
 
 DEFAULT_ENCODER = "clip_vitb16plus_240"
-DEFAULTS: dict[str, Any] = {"scales": (2, 3), "temperature": 0.07, "multi_crop": True, "crop_ratio": 0.75,
-                            "sigma": 4.0, "chunk_tokens": None}
+OPTIONS = (
+    Option("scales", "ints", (2, 3), "window sides k (k x k patches) encoded by masked-token re-encoding", ge=1),
+    Option("temperature", "float", 0.07, "softmax temperature of the text class scores", gt=0),
+    Option("multi_crop", "bool", True, "image score averaged over the full image and five crops"),
+    Option("crop_ratio", "float", 0.75, "side of the five crops relative to the image", gt=0, le=1),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("chunk_tokens", "int", None, "tokens per window-encoding chunk (memory bound; none = encoder's)",
+           ge=1, nullable=True),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
 
 def make_windows(grid: tuple[int, int], k: int) -> torch.Tensor:
@@ -109,10 +118,11 @@ class WinCLIP(AnomalyMethod):
     """
 
     regime = "zero-shot"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None, encoder: CLIPEncoder | None = None) -> None:
         super().__init__(config)
-        self.opts = self.resolve_options(DEFAULTS)
+        self.opts = self.resolve_options()
         self.prompt_set = load_prompts(self.config.prompts)
         self.encoder = encoder if encoder is not None else self._make_encoder()
         if not isinstance(self.encoder, CLIPEncoder):
