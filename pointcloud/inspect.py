@@ -20,17 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fsiad.fewshot.data.base import Sample
+from fsiad.fewshot.workflow import render
 from fsiad.pointcloud.batch import load_rgbd
 from fsiad.pointcloud.features import depth_image, organize_points
 from fsiad.pointcloud.io import POINT_SUFFIXES, read_point_file, valid_mask, write_ply
 from fsiad.pointcloud.methods import RGBDMethod
-from PIL import Image
-
-
-def jet(x: np.ndarray) -> np.ndarray:
-    """Jet colour map: values in ``[0, 1]`` -> float RGB ``[..., 3]`` in ``[0, 1]``."""
-    x = np.clip(x, 0.0, 1.0)[..., None]
-    return np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
 
 
 @dataclass
@@ -62,10 +56,6 @@ def _map_to_input(amap: np.ndarray, method: RGBDMethod, hw: tuple[int, int]) -> 
     return F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _norm(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return (x - lo) / max(hi - lo, 1e-12)
-
-
 def inspect_sample(method: RGBDMethod, sample: Sample, out_dir: str | Path, stem: str | None = None) -> Inspection:
     """Score ``sample`` with a fitted point-cloud method and write the inspection outputs."""
     out_dir = Path(out_dir)
@@ -95,13 +85,11 @@ def inspect_sample(method: RGBDMethod, sample: Sample, out_dir: str | Path, stem
 
     files = {"ply": out_dir / f"{stem}_scores.ply", "overlay": out_dir / f"{stem}_overlay.png",
              "depth_score": out_dir / f"{stem}_depth_score.png", "json": out_dir / f"{stem}_inspect.json"}
-    write_ply(files["ply"], pts, jet(_norm(pscores, lo, hi)), pscores)
-    heat = jet(_norm(full_map, lo, hi))
-    overlay = 0.5 * base.astype(np.float32) / 255.0 + 0.5 * heat
-    Image.fromarray((np.clip(overlay, 0, 1) * 255 + 0.5).astype(np.uint8)).save(files["overlay"])
+    write_ply(files["ply"], pts, render.jet(render.normalise(pscores, lo, hi)), pscores)
+    render.save_png(render.overlay(base, full_map, lo, hi), files["overlay"])
     depth = depth_image(batch.xyz[0].numpy())
-    side = np.concatenate([depth, (jet(_norm(amap, lo, hi)) * 255 + 0.5).astype(np.uint8)], axis=1)
-    Image.fromarray(side).save(files["depth_score"])
+    side = np.concatenate([depth, render.colormap(render.normalise(amap, lo, hi))], axis=1)
+    render.save_png(side, files["depth_score"])
     meta = {"sample": str(sample.path), "point_cloud": str(xyz_path), "image_score": score,
             "map_min": lo, "map_max": hi, "n_points": int(len(pts)),
             "colour_map": "jet, min-max over this sample's map", "method": method.describe(),

@@ -1,4 +1,8 @@
-"""Heatmap colouring, overlays and base64 PNG thumbnails (numpy + Pillow only)."""
+"""The one renderer of anomaly maps: jet colour map, overlays, PNG files and base64 thumbnails.
+
+Used by the 2D workflow (``fsiad score``/``predict`` overlays and report) and by the 3D branch
+(``fsiad.pointcloud.inspect``: coloured ``.ply`` points and overlays). Imports no encoder.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,16 @@ def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((values.astype(np.float32) - lo) / span, 0.0, 1.0)
 
 
-def colormap(x: np.ndarray) -> np.ndarray:
-    """Jet-like colour map: ``[...]`` in [0, 1] -> ``[..., 3]`` uint8 (blue = low, red = high)."""
-    x = np.clip(x, 0.0, 1.0)[..., None] * 4.0
+def jet(x: np.ndarray) -> np.ndarray:
+    """Jet colour map: ``[...]`` in [0, 1] (clipped) -> float RGB ``[..., 3]`` in [0, 1] (blue = low, red = high)."""
+    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)[..., None] * 4.0
     centres = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # R, G, B peaks
-    rgb = np.clip(1.5 - np.abs(x - centres), 0.0, 1.0)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
+    return np.clip(1.5 - np.abs(x - centres), 0.0, 1.0)
+
+
+def colormap(x: np.ndarray) -> np.ndarray:
+    """``jet`` as ``[..., 3]`` uint8."""
+    return (jet(x) * 255.0 + 0.5).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float, alpha: float = 0.5) -> np.ndarray:
@@ -53,9 +61,18 @@ def overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float, alpha: fl
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """``HxWx3`` uint8 -> PNG file content."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
 def save_png(array: np.ndarray, path) -> None:
-    """Write an ``HxWx3`` uint8 array as PNG."""
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+    """Write an ``HxWx3`` uint8 array as PNG (atomically: readers never see half a file)."""
+    from fsiad.fewshot.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, png_bytes(array))
 
 
 def png_base64(array: np.ndarray, max_side: int | None = None) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from fsiad.fewshot.data.base import DatasetError, Sample
 from fsiad.fewshot.data.io import is_image_file
+from fsiad.fewshot.fileio import OUTPUT_MARKER, is_output_folder
 
 
 def collect_images(targets: Iterable[str | Path]) -> list[Path]:
@@ -16,19 +18,23 @@ def collect_images(targets: Iterable[str | Path]) -> list[Path]:
 
     Files named explicitly are kept whatever their extension (so that an unreadable file is
     reported rather than silently dropped); folders contribute their visible files with an
-    image extension (``fewshot.data.io.IMAGE_EXTENSIONS``), sorted.
+    image extension (``fewshot.data.io.IMAGE_EXTENSIONS``), sorted. Hidden folders and fsiad
+    output folders (holding the ``.fsiad-output`` marker) are never descended into, so the
+    overlays of an earlier run are never read back as images.
     Order: the order of ``targets``, each folder sorted; duplicates keep their first place.
 
     Raises:
-        DatasetError: a target does not exist.
+        DatasetError: a target does not exist, or is itself an fsiad output folder.
     """
     out: list[Path] = []
     seen: set[Path] = set()
     for target in targets:
         path = Path(target)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if is_image_file(p) and not any(q.startswith(".") for q in p.relative_to(path).parts))
+            if is_output_folder(path):
+                raise DatasetError(f"{path}: an fsiad output folder (it holds {OUTPUT_MARKER}); "
+                                   "fsiad never reads its own outputs as images")
+            found = _walk_images(path)
         elif path.is_file():
             found = [path]
         else:
@@ -39,6 +45,59 @@ def collect_images(targets: Iterable[str | Path]) -> list[Path]:
                 seen.add(key)
                 out.append(p)
     return out
+
+
+def _walk_images(root: Path) -> list[Path]:
+    """Image files below ``root``, sorted, skipping hidden folders and fsiad output folders."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(base / d)]
+        found.extend(p for p in (base / f for f in files) if is_image_file(p))
+    return sorted(found)
+
+
+def collect_samples(method_cls: type, paths: Sequence[str | Path], labels: dict[Path, int] | None = None,
+                    normal: bool = False) -> list[Sample]:
+    """The ONE collection of ``--normal`` references and TARGETS: paths -> samples for ``method_cls``.
+
+    A method class for multi-modal inputs may define ``collect_samples(paths, labels)``
+    (a classmethod or staticmethod returning ``list[Sample]``, e.g. RGB-D pairs of ``rgb/`` and
+    ``xyz/``); otherwise image files are collected with ``collect_images``. Samples that lie
+    in an fsiad output folder are dropped either way.
+
+    Args:
+        method_cls: the method class (``fsiad.fewshot.methods.method_class(name)``).
+        paths: files and folders as given by the user.
+        labels: resolved path -> 0/1 (``read_labels_csv``), or ``None``.
+        normal: the paths are normal references: every sample is labelled 0.
+
+    Raises:
+        DatasetError: a path does not exist or is an fsiad output folder.
+    """
+    hook = getattr(method_cls, "collect_samples", None)
+    if hook is not None:
+        for p in map(Path, paths):
+            if p.is_dir() and is_output_folder(p):
+                raise DatasetError(f"{p}: an fsiad output folder (it holds {OUTPUT_MARKER}); "
+                                   "fsiad never reads its own outputs as images")
+        cache: dict[Path, bool] = {}
+        samples = [s for s in hook(list(paths), labels) if not _in_output_folder(Path(s.path), cache)]
+    else:
+        samples = make_samples(collect_images(paths), labels)
+    if normal:
+        samples = [replace(s, label=0, defect="good") for s in samples]
+    return samples
+
+
+def _in_output_folder(path: Path, cache: dict[Path, bool]) -> bool:
+    """Whether a folder above ``path`` holds the output marker (``cache``: folder -> answer)."""
+    for parent in path.resolve().parents:
+        if parent not in cache:
+            cache[parent] = is_output_folder(parent)
+        if cache[parent]:
+            return True
+    return False
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
