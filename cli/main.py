@@ -17,8 +17,8 @@ from fsiad.cli.options import add_config_options
 #: command name -> (module under fsiad.cli, attribute, one-line help shown by ``fsiad --help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("cmd_score", "score", "Score images against K normal references (fit + predict)."),
-    "fit": ("cmd_score", "fit", "Fit a method on K normal references; save a model folder."),
-    "predict": ("cmd_score", "predict", "Score images with a saved model folder."),
+    "fit": ("cmd_fit", "fit", "Fit a method on K normal references; save a model folder."),
+    "predict": ("cmd_predict", "predict", "Score images with a saved model folder."),
     "eval": ("cmd_eval", "eval_command", "Benchmark a method on a dataset (categories x shots x seeds)."),
     "methods": ("cmd_methods", "methods_command", "List methods, or one method's options."),
     "models": ("cmd_models", "models", "List encoders and whether their weights are here."),

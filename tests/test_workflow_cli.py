@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from fsiad.cli.main import app
 
+from tests.cli_helpers import run_cli
 from tests.workflow_helpers import make_inspection_tree, register_test_methods
 
 
@@ -21,8 +20,9 @@ def tree(tmp_path_factory) -> dict[str, Path]:
     return make_inspection_tree(tmp_path_factory.mktemp("wf"))
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+def invoke(*args: object):
+    """``fsiad ARGS`` through the console script's error translator (as a user runs it)."""
+    return run_cli(*args)
 
 
 def read_scores(out: Path) -> list[dict[str, str]]:
@@ -83,8 +83,8 @@ def test_unreadable_target_listed_and_run_continues(tree, tmp_path):
 
 
 def test_targets_that_are_references_are_flagged(tree, tmp_path):
-    r = CliRunner().invoke(app, ["score", "--method", "wf_pixdiff", "--shots", "6", "--normal", str(tree["normal"]),
-                                 "--out", str(tmp_path / "o"), "-q", str(tree["normal"])], catch_exceptions=False)
+    r = invoke("score", "--method", "wf_pixdiff", "--shots", "6", "--normal", tree["normal"],
+               "--out", tmp_path / "o", "-q", tree["normal"])
     assert r.exit_code == 0 and "warning: 6 target(s) are also reference images" in r.output
     assert json.loads((tmp_path / "o" / "run.json").read_text())["settings"]["targets_also_references"] == 6
 
@@ -108,7 +108,7 @@ def test_bad_inputs_are_one_line_errors(tree, tmp_path, case):
         "shots_for_transductive": ([*base, "--shots", 2, "--method", "musc", "--normal", tree["normal"], tree["targets"]],
                                    "use --shots 0"),
         "bad_method_option": ([*base, "--shots", 2, "--method", "knn", "-o", "bogus=1", "--normal", tree["normal"],
-                               tree["targets"]], "unknown options"),
+                               tree["targets"]], "unknown option"),
         "bad_threshold_rule": ([*base, "--shots", 2, "--threshold-rule", "median", "--normal", tree["normal"],
                                 tree["targets"]], "unknown threshold rule"),
         "unknown_method": ([*base, "--shots", 2, "--method", "nosuch", "--normal", tree["normal"], tree["targets"]],
@@ -155,9 +155,10 @@ def test_predict_rejects_encoder_checksum_mismatch(tree, tmp_path):
     r = invoke("fit", "--method", "wf_pixdiff", "--shots", 2, "--normal", tree["normal"], "--weights", weights,
                "--out", tmp_path / "m")
     assert r.exit_code == 0, r.output
-    assert invoke("predict", "--model", tmp_path / "m", "--out", tmp_path / "p1", "-q", tree["targets"]).exit_code == 0
+    w = ["--weights", weights]  # a weight file outside the model folder is read only when passed
+    assert invoke("predict", "--model", tmp_path / "m", *w, "--out", tmp_path / "p1", "-q", tree["targets"]).exit_code == 0
     weights.write_bytes(b"other weights")
-    r = invoke("predict", "--model", tmp_path / "m", "--out", tmp_path / "p2", "-q", tree["targets"])
+    r = invoke("predict", "--model", tmp_path / "m", *w, "--out", tmp_path / "p2", "-q", tree["targets"])
     assert r.exit_code != 0 and "encoder mismatch" in r.output and "sha256" in r.output
     r = invoke("predict", "--model", tmp_path / "nomodel", "--out", tmp_path / "p3", tree["targets"])
     assert r.exit_code != 0 and "not an fsiad model folder" in r.output

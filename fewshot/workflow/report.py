@@ -8,6 +8,8 @@ histogram is inline SVG, so it opens offline. Cards are streamed to disk one at 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -103,8 +105,9 @@ class ReportWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._fh = self._tmp.open("w", encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)  # unique: two writers of the same report never share a temporary file
+        self._fh = os.fdopen(fd, "w", encoding="utf-8")
         self.n_cards = 0
 
     def header(self, title: str, summary: dict[str, Any], threshold_note: str, metrics: dict[str, Any] | None,
@@ -147,7 +150,15 @@ class ReportWriter:
         self.n_cards += 1
 
     def close(self) -> Path:
+        """Finish the page and move it onto ``path`` (atomically)."""
         self._fh.write("</div></body></html>\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._fh.close()
-        self._tmp.replace(self.path)
+        os.replace(self._tmp, self.path)
         return self.path
+
+    def abort(self) -> None:
+        """Drop the unfinished page (``path`` is left as it was)."""
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,23 +1,15 @@
-"""Fit on references, score targets, write per-image outputs, scores.csv, errors.csv, report, run.json.
+"""Compute of the inspection workflow: fit on references, score targets chunk by chunk, label metrics.
 
-Output folder layout::
-
-    scores.csv      path, name, score, decision, label   (input order; decision empty without threshold)
-    errors.csv      path, reason                          (targets that could not be read)
-    maps/<name>.npy raw anomaly map [S, S] float32 at the method's working resolution
-    overlays/<name>.png  map over the preprocessed input (colour scale = min..max of the run's maps)
-    report.html     self-contained report (see ``report.py``)
-    run.json        settings, method description, references, threshold rule, metrics, timings
+Files are written by ``outputs.py`` (the output folder contract) and orchestrated by
+``session.py``; this module touches no output folder.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +18,6 @@ import torch
 from fsiad.fewshot.data.base import DatasetError, Sample
 from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
-from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
-from fsiad.fewshot.workflow.targets import output_names
 from fsiad.fewshot.workflow.thresholds import (
     Calibration,
     ThresholdRule,
@@ -50,17 +40,6 @@ class ScoredImage:
     name: str
     score: float
     label: int | None = None
-
-
-@dataclass
-class ScoreRun:
-    """What ``score_targets`` produced (maps are on disk, not here)."""
-
-    images: list[ScoredImage] = field(default_factory=list)
-    errors: list[tuple[Path, str]] = field(default_factory=list)
-    map_min: float = float("inf")
-    map_max: float = float("-inf")
-    predict_s: float = 0.0
 
 
 def decision(score: float, threshold: float | None) -> str | None:
@@ -118,39 +97,36 @@ def _reason(err: Exception, path: Path) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
-def score_targets(method: AnomalyMethod, samples: Sequence[Sample], out: Path, names: Sequence[str] | None = None,
-                  chunk_size: int = 32, seed: int = 0, progress: bool = True) -> ScoreRun:
-    """Score ``samples`` with a fitted method, writing ``out/maps/<name>.npy``.
+def score_chunks(method: AnomalyMethod, samples: Sequence[Sample], names: Sequence[str], chunk_size: int = 32,
+                 seed: int = 0, progress: bool = True, done: int = 0
+                 ) -> Iterator[tuple[list[tuple[ScoredImage, np.ndarray]], list[tuple[Path, str]]]]:
+    """Score ``samples`` with a fitted method; yield ``(scored, errors)`` after each chunk.
 
-    Non-transductive methods see chunks of ``chunk_size`` images (bounded memory);
-    transductive ones see all readable targets in one ``predict`` call.
+    ``scored`` pairs each readable target with its ``[S, S]`` float32 map; ``errors`` lists
+    ``(path, reason)`` of the chunk's unreadable targets. Non-transductive methods see chunks of
+    ``chunk_size`` images (bounded memory); transductive ones see all targets in one call.
+    ``done``: targets already scored elsewhere (the progress bar starts there).
     """
-    names = list(names) if names is not None else output_names([s.path for s in samples])
-    (out / "maps").mkdir(parents=True, exist_ok=True)
-    run = ScoreRun()
     step = len(samples) if method.transductive else max(1, chunk_size)
     torch.manual_seed(seed)
-    bar = tqdm(total=len(samples), unit="img", desc="scoring", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=done + len(samples), initial=done, unit="img", desc="scoring", disable=not progress,
+               file=sys.stderr)
     try:
-        for start in range(0, len(samples), step):
+        for start in range(0, len(samples), max(step, 1)):
             chunk = samples[start : start + step]
             batch, ok, errors = _prepare_readable(method, chunk)
-            run.errors.extend(errors)
+            scored = []
             if ok:
-                t0 = time.perf_counter()
                 result = method.predict(batch)
-                run.predict_s += time.perf_counter() - t0
                 maps = result.anomaly_maps.detach().cpu().float().numpy()
                 for j, i in enumerate(ok):
-                    s, name = chunk[i], names[start + i]
-                    np.save(out / "maps" / f"{name}.npy", maps[j])
-                    run.images.append(ScoredImage(s.path, name, float(result.image_scores[j]), s.label))
-                run.map_min = min(run.map_min, float(maps.min()))
-                run.map_max = max(run.map_max, float(maps.max()))
+                    s = chunk[i]
+                    scored.append((ScoredImage(s.path, names[start + i], float(result.image_scores[j]), s.label),
+                                   np.ascontiguousarray(maps[j])))
             bar.update(len(chunk))
+            yield scored, errors
     finally:
         bar.close()
-    return run
 
 
 def display_image(method: AnomalyMethod, path: Path) -> np.ndarray:
@@ -190,75 +166,3 @@ def label_metrics(images: Sequence[ScoredImage], threshold: float | None) -> dic
                    recall=round(tp / max(tp + fn, 1), 4), false_positive_rate=round(fp / max(fp + tn, 1), 4),
                    accuracy=round((tp + tn) / labels.size, 4))
     return out
-
-
-def write_outputs(method: AnomalyMethod, run: ScoreRun, out: Path, calibration: Calibration,
-                  settings: dict[str, Any], references: Sequence[Sample], title: str = "fsiad inspection report",
-                  progress: bool = True, t_start: float | None = None) -> dict[str, Any]:
-    """Write scores.csv, errors.csv, overlays, report.html and run.json; return run.json's content.
-
-    ``t_start`` (``time.perf_counter()`` at the start of the command) adds the total wall time.
-    """
-    t_out = time.perf_counter()
-    thr = calibration.threshold
-    with (out / "scores.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "name", "score", "decision", "label"])
-        for im in run.images:
-            w.writerow([str(im.path), im.name, repr(im.score), decision(im.score, thr) or "",
-                        "" if im.label is None else im.label])
-    errors_csv = out / "errors.csv"
-    if run.errors:
-        with errors_csv.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "reason"])
-            w.writerows([str(p), r] for p, r in run.errors)
-    elif errors_csv.exists():
-        errors_csv.unlink()
-    metrics = label_metrics(run.images, thr)
-    lo, hi = (run.map_min, run.map_max) if run.images else (0.0, 0.0)
-    refs_b64 = [(str(r.path), _thumb_or_empty(method, r.path)) for r in references]
-    summary = {
-        "images scored": len(run.images),
-        "targets not scored": len(run.errors),
-        "method": method.name,
-        "references": len(references),
-        "threshold": "none (scores only)" if thr is None else f"{thr:.6g} ({calibration.source})",
-    }
-    if metrics and "image_auroc" in metrics:
-        summary["image AUROC"] = f"{metrics['image_auroc']:.4f}"
-    (out / "overlays").mkdir(exist_ok=True)
-    report = ReportWriter(out / "report.html")
-    report.header(title, summary, calibration.description, metrics,
-                  histogram_svg([im.score for im in run.images], [im.label for im in run.images], thr),
-                  {**settings, "map colour scale": [lo, hi]}, refs_b64,
-                  [(str(p), r) for p, r in run.errors], len(run.images))
-    ranked = sorted(run.images, key=lambda im: -im.score)
-    for rank, im in enumerate(tqdm(ranked, unit="img", desc="report", disable=not progress, file=sys.stderr), 1):
-        base = display_image(method, im.path)
-        ov = render.overlay(base, np.load(out / "maps" / f"{im.name}.npy"), lo, hi)
-        render.save_png(ov, out / "overlays" / f"{im.name}.png")
-        both = np.concatenate([base, np.full((base.shape[0], 4, 3), 255, np.uint8), ov], axis=1)
-        report.card(rank, im.name, str(im.path), im.score, decision(im.score, thr), im.label,
-                    render.png_base64(both, 2 * THUMB_SIDE))
-    report.close()
-    record = {
-        "settings": settings,
-        "method": method.describe(),
-        "references": [str(r.path) for r in references],
-        "threshold": calibration.to_dict(),
-        "decision_rule": "anomalous when score >= threshold",
-        "map_colour_scale": {"min": lo, "max": hi, "rule": "min and max over all maps of this run"},
-        "n_scored": len(run.images),
-        "n_errors": len(run.errors),
-        "errors": [{"path": str(p), "reason": r} for p, r in run.errors],
-        "metrics": metrics,
-        "predict_s": round(run.predict_s, 3),
-        "images_per_s": round(len(run.images) / run.predict_s, 3) if run.predict_s > 0 else None,
-        "outputs_s": round(time.perf_counter() - t_out, 3),
-        "wall_s": None if t_start is None else round(time.perf_counter() - t_start, 3),
-        "outputs": {"scores": "scores.csv", "maps": "maps/", "overlays": "overlays/", "report": "report.html",
-                    "errors": "errors.csv" if run.errors else None},
-    }
-    (out / "run.json").write_text(json.dumps(record, indent=2, default=str))
-    return record

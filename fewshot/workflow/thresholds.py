@@ -95,7 +95,9 @@ def loo_unavailable_reason(method: AnomalyMethod, n_refs: int) -> str | None:
     """Why LOO calibration cannot run (``None`` when it can)."""
     if method.transductive:
         return f"{method.name} is transductive (it scores a set of images, not one held-out image)"
-    min_refs = 1 if type(method).regime.startswith("zero-shot") else 2
+    from fsiad.fewshot.workflow.references import min_references
+
+    min_refs = min_references(type(method)) + 1  # one held out, the rest must make a fit
     if n_refs < min_refs:
         return f"leave-one-out needs at least {min_refs} reference image(s) for {method.name}, got {n_refs}"
     return None

@@ -1,0 +1,345 @@
+"""The output folder of ``fsiad score`` / ``fsiad predict`` (and of ``InspectionSession``): its contract.
+
+Files of an output folder ``OUT``::
+
+    .fsiad-output        marker: fsiad never reads images from this folder (``collect_images`` skips it)
+    .fsiad.lock          advisory lock held for the whole run (``fileio.OutputLock``); a second run
+                         on the same folder fails at once, naming the holder (pid, command, start)
+    .fsiad-run.json      the run's identity: settings fingerprint, the settings themselves, status
+    scores.csv           path, name, score, decision, label; rows are appended and flushed after
+                         each chunk of targets, then rewritten in input order when the run ends
+    maps/<name>.npy      raw anomaly map [S, S] float32, written (atomically) before its row
+    overlays/<name>.png  map over the preprocessed input (colour scale = min..max of the run's maps)
+    errors.csv           path, reason of targets that could not be read (only when there are some)
+    report.html          self-contained report (``report.py``)
+    run.json             settings, method, references, threshold, metrics, timings, ``resumed``
+
+Rules:
+
+* Every run removes ``report.html``, ``run.json``, ``errors.csv`` and the overlays when it
+  starts, and writes them again only when it finishes: a summary file always describes the
+  ``scores.csv`` next to it. An interrupted run leaves ``scores.csv`` with every target scored
+  so far (and their maps), and no summary.
+* Resume: a run with the same settings fingerprint as the folder's (method, configuration,
+  encoder weights, references and their file sizes/mtimes, seed, threshold; for transductive
+  methods also the targets) reuses every row of ``scores.csv`` whose target is among this
+  run's targets and whose map exists; only the others are scored. ``run.json`` records
+  ``resumed: N``. Rows and maps of targets no longer given are dropped.
+* A folder holding the outputs of a run with different settings (or outputs without a
+  fingerprint, from an older fsiad) is refused with ``OutputExistsError`` unless
+  ``overwrite=True`` (``--overwrite``), which clears its per-image outputs first: rows of two
+  settings are never mixed.
+* All files are written through unique temporary names and replaced atomically
+  (``fileio.atomic_write*``), so readers see whole files only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fsiad.fewshot.data.base import Sample
+from fsiad.fewshot.errors import FsiadError
+from fsiad.fewshot.fileio import (
+    LOCK_NAME,
+    OUTPUT_MARKER,
+    OutputLock,
+    OutputOverlapError,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_out_not_input,
+    is_inside,
+)
+from fsiad.fewshot.methods.base import AnomalyMethod
+from fsiad.fewshot.workflow import render
+from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
+from fsiad.fewshot.workflow.runner import THUMB_SIDE, ScoredImage, decision, display_image, label_metrics
+from fsiad.fewshot.workflow.thresholds import Calibration
+from tqdm import tqdm
+
+STATE_NAME = ".fsiad-run.json"
+SCORE_FIELDS = ("path", "name", "score", "decision", "label")
+#: Files that summarise a whole run: removed when a run starts, written when it finishes.
+SUMMARY_FILES = ("report.html", "run.json", "errors.csv")
+
+
+class OutputExistsError(FsiadError, ValueError):
+    """The output folder holds the outputs of a run with different settings."""
+
+
+def fingerprint(key: dict[str, Any]) -> str:
+    """sha256 of the settings ``key`` (JSON, sorted keys)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _score_row(im: ScoredImage, threshold: float | None) -> list[str]:
+    return [str(im.path), im.name, repr(im.score), decision(im.score, threshold) or "",
+            "" if im.label is None else str(im.label)]
+
+
+class OutputFolder:
+    """One run's hold on an output folder (see the module docstring for the contract).
+
+    Use::
+
+        with OutputFolder(out, "fsiad score") as folder:      # lock (OutputLockedError if held)
+            reused = folder.start(key, [(path, name), ...], overwrite=False)
+            folder.append([...], threshold)                   # after each chunk (maps first)
+            record = folder.finish(...)                       # summary files
+
+    If the run fails before ``start`` in a folder it created, the folder is removed again.
+    """
+
+    def __init__(self, path: str | Path, command: str = "fsiad") -> None:
+        self.path = Path(path)
+        self.command = command
+        self._lock = OutputLock(self.path, command)
+        self._created = not self.path.exists()
+        self._started = False
+        self._csv: Any = None
+
+    # -- lock ---------------------------------------------------------------------------
+    def __enter__(self) -> OutputFolder:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._close_csv()
+        self._lock.release()
+        if exc_type is not None and self._created and not self._started:
+            for name in (LOCK_NAME, OUTPUT_MARKER):
+                (self.path / name).unlink(missing_ok=True)
+            try:
+                self.path.rmdir()  # only when empty: nothing of the user's is removed
+            except OSError:
+                pass
+
+    def keep(self) -> None:
+        """Mark the folder as used (it stays even if the run fails later)."""
+        self._started = True
+
+    @property
+    def maps(self) -> Path:
+        return self.path / "maps"
+
+    def map_path(self, name: str) -> Path:
+        return self.maps / f"{name}.npy"
+
+    # -- start ----------------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.path / STATE_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _old_rows(self) -> list[dict[str, str]]:
+        try:
+            with (self.path / "scores.csv").open(newline="") as fh:
+                return [r for r in csv.DictReader(fh) if r.get("path") and r.get("name") and r.get("score")]
+        except (OSError, csv.Error, UnicodeDecodeError):
+            return []
+
+    def _has_outputs(self) -> bool:
+        files = ("scores.csv", *SUMMARY_FILES)
+        return any((self.path / f).exists() for f in files) or any(self.maps.glob("*.npy"))
+
+    def start(self, key: dict[str, Any], targets: Sequence[tuple[Path, str]], overwrite: bool = False
+              ) -> dict[Path, float]:
+        """Claim the folder for a run with settings ``key`` over ``targets`` (path, output name).
+
+        Returns:
+            resolved target path -> score, for the targets whose row and map from an earlier
+            run with the same settings are reused (their maps now carry this run's names).
+
+        Raises:
+            OutputExistsError: the folder holds outputs of different settings and not ``overwrite``.
+        """
+        fp = fingerprint(key)
+        state = self.read_state()
+        same = state is not None and state.get("fingerprint") == fp
+        if not same and self._has_outputs() and not overwrite:
+            raise OutputExistsError(
+                f"{self.path}: holds the outputs of a run with different settings ({_changed(state, key)}); "
+                "pass --overwrite to replace them, or choose another --out")
+        for f in SUMMARY_FILES:
+            (self.path / f).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "overlays", ignore_errors=True)
+        wanted = {p.resolve(): name for p, name in targets}
+        reuse: dict[Path, tuple[str, float]] = {}
+        if same:
+            for row in self._old_rows():
+                rp = Path(row["path"]).resolve()
+                if rp in wanted and rp not in reuse and self.map_path(row["name"]).is_file():
+                    try:
+                        reuse[rp] = (row["name"], float(row["score"]))
+                    except ValueError:
+                        continue
+        self._arrange_maps({rp: (old, wanted[rp]) for rp, (old, _) in reuse.items()})
+        atomic_write_json(self.path / STATE_NAME, {"fingerprint": fp, "status": "running", "command": self.command,
+                                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": key})
+        with atomic_write(self.path / "scores.csv", "w", newline="") as fh:
+            csv.writer(fh).writerow(SCORE_FIELDS)
+        self._csv = (self.path / "scores.csv").open("a", newline="")
+        self._started = True
+        return {rp: score for rp, (_, score) in reuse.items()}
+
+    def _arrange_maps(self, keep: dict[Path, tuple[str, str]]) -> None:
+        """Keep the maps of ``keep`` (old name -> new name), delete every other map file."""
+        self.maps.mkdir(parents=True, exist_ok=True)
+        for f in self.maps.glob(".resume-*.npy.tmp"):  # left by a run killed while arranging
+            f.unlink()
+        moved = []
+        for i, (old, new) in enumerate(keep.values()):
+            tmp = self.maps / f".resume-{i}.npy.tmp"
+            os.replace(self.map_path(old), tmp)
+            moved.append((tmp, new))
+        for f in self.maps.iterdir():
+            if f.is_file() and (f.suffix == ".npy" or (f.name.startswith(".") and f.suffix == ".tmp")) and \
+                    not f.name.startswith(".resume-"):
+                f.unlink()
+        for tmp, new in moved:
+            os.replace(tmp, self.map_path(new))
+
+    # -- during the run ---------------------------------------------------------------------
+    def write_map(self, name: str, amap: np.ndarray) -> Path:
+        """``maps/<name>.npy`` (atomic)."""
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(amap, dtype=np.float32))
+        path = self.map_path(name)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def append(self, images: Sequence[ScoredImage], threshold: float | None) -> None:
+        """Append rows to ``scores.csv`` and flush them to disk (write their maps first)."""
+        if not images:
+            return
+        w = csv.writer(self._csv)
+        for im in images:
+            w.writerow(_score_row(im, threshold))
+        self._csv.flush()
+        os.fsync(self._csv.fileno())
+
+    def _close_csv(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+    # -- end ------------------------------------------------------------------------------
+    def finish(self, method: AnomalyMethod, images: Sequence[ScoredImage], errors: Sequence[tuple[Path, str]],
+               calibration: Calibration, settings: dict[str, Any], references: Sequence[Sample],
+               map_range: tuple[float, float], title: str = "fsiad inspection report", progress: bool = True,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Rewrite scores.csv in input order; write errors.csv, overlays, report.html, run.json.
+
+        Returns run.json's content (``extra`` entries are added to it: timings, ``resumed``).
+        """
+        t_out = time.perf_counter()
+        self._close_csv()
+        out, thr = self.path, calibration.threshold
+        with atomic_write(out / "scores.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(SCORE_FIELDS)
+            w.writerows(_score_row(im, thr) for im in images)
+        if errors:
+            with atomic_write(out / "errors.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["path", "reason"])
+                w.writerows([str(p), r] for p, r in errors)
+        metrics = label_metrics(images, thr)
+        lo, hi = map_range if images else (0.0, 0.0)
+        summary = {
+            "images scored": len(images),
+            "targets not scored": len(errors),
+            "method": method.name,
+            "references": len(references),
+            "threshold": "none (scores only)" if thr is None else f"{thr:.6g} ({calibration.source})",
+        }
+        if metrics and "image_auroc" in metrics:
+            summary["image AUROC"] = f"{metrics['image_auroc']:.4f}"
+        self._write_report(method, images, errors, calibration, {**settings, "map colour scale": [lo, hi]},
+                           references, summary, metrics, (lo, hi), title, progress)
+        record = {
+            "settings": settings,
+            "method": method.describe(),
+            "references": [str(r.path) for r in references],
+            "threshold": calibration.to_dict(),
+            "decision_rule": "anomalous when score >= threshold",
+            "map_colour_scale": {"min": lo, "max": hi, "rule": "min and max over all maps of this run"},
+            "n_scored": len(images),
+            "n_errors": len(errors),
+            "errors": [{"path": str(p), "reason": r} for p, r in errors],
+            "metrics": metrics,
+            **(extra or {}),
+            "outputs_s": round(time.perf_counter() - t_out, 3),
+            "outputs": {"scores": "scores.csv", "maps": "maps/", "overlays": "overlays/", "report": "report.html",
+                        "errors": "errors.csv" if errors else None},
+        }
+        atomic_write_json(out / "run.json", record)
+        state = self.read_state() or {}
+        atomic_write_json(out / STATE_NAME, {**state, "status": "complete",
+                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return record
+
+    def _write_report(self, method: AnomalyMethod, images: Sequence[ScoredImage], errors: Sequence[tuple[Path, str]],
+                      calibration: Calibration, settings: dict[str, Any], references: Sequence[Sample],
+                      summary: dict[str, Any], metrics: dict[str, Any] | None, scale: tuple[float, float],
+                      title: str, progress: bool) -> None:
+        from fsiad.fewshot.workflow.runner import _thumb_or_empty
+
+        thr, (lo, hi) = calibration.threshold, scale
+        (self.path / "overlays").mkdir(exist_ok=True)
+        refs_b64 = [(str(r.path), _thumb_or_empty(method, r.path)) for r in references]
+        report = ReportWriter(self.path / "report.html")
+        try:
+            report.header(title, summary, calibration.description, metrics,
+                          histogram_svg([im.score for im in images], [im.label for im in images], thr),
+                          settings, refs_b64, [(str(p), r) for p, r in errors], len(images))
+            ranked = sorted(images, key=lambda im: -im.score)
+            for rank, im in enumerate(tqdm(ranked, unit="img", desc="report", disable=not progress,
+                                           file=sys.stderr), 1):
+                base = display_image(method, im.path)
+                ov = render.overlay(base, np.load(self.map_path(im.name)), lo, hi)
+                render.save_png(ov, self.path / "overlays" / f"{im.name}.png")
+                both = np.concatenate([base, np.full((base.shape[0], 4, 3), 255, np.uint8), ov], axis=1)
+                report.card(rank, im.name, str(im.path), im.score, decision(im.score, thr), im.label,
+                            render.png_base64(both, 2 * THUMB_SIDE))
+        except BaseException:
+            report.abort()
+            raise
+        report.close()
+
+
+def check_output(out: str | Path, inputs: Sequence[str | Path | None], option: str = "--out") -> None:
+    """Refuse an output folder that overlaps an input: inside an input folder, equal to an input,
+    containing an input folder, or containing an input file (a target, a labels CSV).
+
+    Raises:
+        OutputOverlapError: one line naming both paths.
+    """
+    check_out_not_input(out, inputs, option)
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and not Path(inp).is_dir() and is_inside(inp, out):
+            raise OutputOverlapError(f"{option} {out}: contains the input {inp}; "
+                                     "choose an output folder outside the inputs")
+
+
+def _changed(state: dict[str, Any] | None, key: dict[str, Any]) -> str:
+    """Which settings differ from the folder's run, in a few words."""
+    if state is None or not isinstance(state.get("settings"), dict):
+        return "no fsiad run fingerprint"
+    old = state["settings"]
+    diff = [k for k in sorted(set(old) | set(key)) if json.dumps(old.get(k), sort_keys=True, default=str)
+            != json.dumps(key.get(k), sort_keys=True, default=str)]
+    return "changed: " + ", ".join(diff) if diff else "changed settings"
