@@ -20,5 +20,7 @@ test-all: setup
 lint: setup
 	$(VENV)/bin/ruff check fsiad fewshot pointcloud prompts cli tests bench
 
+# Short runs of bench/bench_*.py -> runs/bench/NN_<name>.json + runs/bench/BENCHMARKS.md (not in git).
+# BENCH_ARGS: e.g. "--all" (adds the slow ones), "--only methods,metrics", "--list".
 bench: setup
-	$(VENV)/bin/python -m bench.run_all
+	$(VENV)/bin/python -m bench.run_all $(BENCH_ARGS)
