@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from fsiad.fewshot.evaluation.results import METRICS, ResultsStore
+from fsiad.fewshot.evaluation.results import METRICS, ResultsStore, ResumeError, render_markdown
 
 
 def _row(cat: str, k, seed: int, base: float) -> dict:
@@ -64,3 +64,34 @@ def test_resume_keeps_rows_and_rejects_other_runs(tmp_path):
     with pytest.raises(RuntimeError, match="another run"):
         ResultsStore(tmp_path, {**meta, "config_fingerprint": "other"})
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_resume_accepts_a_compatible_fingerprint_and_merges_meta(tmp_path):
+    old = {"method": "m", "dataset": "d", "config_fingerprint": "as-spelled", "categories": ["a"], "shots": ["4"],
+           "seeds": [0], "regime_by_shots": {"4": "few-shot"}, "encoder": "enc"}
+    ResultsStore(tmp_path, dict(old)).add(_row("a", 4, 0, 0.8), ["x.png"])
+    new = {"method": "m", "dataset": "d", "config_fingerprint": "resolved", "categories": ["b"], "shots": ["1"],
+           "seeds": [0, 1]}
+    with pytest.raises(ResumeError, match="another run"):
+        ResultsStore(tmp_path, dict(new))
+    store = ResultsStore(tmp_path, dict(new), compatible_fingerprints=["as-spelled"])
+    assert store.done("a", 4, 0)
+    store.add(_row("b", 1, 1, 0.7), ["y.png"])
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["config_fingerprint"] == "resolved" and meta["encoder"] == "enc"
+    assert meta["categories"] == ["a", "b"] and meta["shots"] == ["4", "1"] and meta["seeds"] == [0, 1]
+    assert meta["regime_by_shots"] == {"4": "few-shot"}
+    assert meta["references"] == {"a": {"4": {"0": ["x.png"]}}, "b": {"1": {"1": ["y.png"]}}}
+
+
+def test_rows_written_before_shots_used_existed_count_their_references(tmp_path):
+    store = ResultsStore(tmp_path, {"method": "m", "dataset": "d", "config_fingerprint": "f"})
+    store.add(_row("a", "all", 0, 0.8), ["x.png", "y.png", "z.png"])
+    text = (tmp_path / "results.csv").read_text().splitlines()
+    header = text[0].split(",")
+    i = header.index("shots_used")
+    legacy = [",".join(c for j, c in enumerate(line.split(",")) if j != i) for line in text]
+    (tmp_path / "results.csv").write_text("\n".join(legacy) + "\n")
+    again = ResultsStore(tmp_path, {"method": "m", "dataset": "d", "config_fingerprint": "f"})
+    assert again.summary()["categories"]["a"]["shots_used"] == {"all": 3}
+    assert "| a | 3 |" in render_markdown(again.summary())
