@@ -42,6 +42,7 @@ def eval_command(method: str, dataset: str, root: Path | None, categories: str |
     predict, metrics) on stderr; the phase timings are kept in the results files.
     """
     from fsiad.fewshot.evaluation import EvalConfig, evaluate
+    from fsiad.fewshot.evaluation.results import render_markdown
     from fsiad.fewshot.methods import method_names
 
     import_plugins()
@@ -61,8 +62,8 @@ def eval_command(method: str, dataset: str, root: Path | None, categories: str |
     )
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
-    evaluate(cfg, progress=_run_lines(verbose), show_bars=not quiet)
-    click.echo((out / "results.md").read_text())
+    summary = evaluate(cfg, progress=_run_lines(verbose), show_bars=not quiet)
+    click.echo(render_markdown(summary))
     click.echo(f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.json'}")
 
 

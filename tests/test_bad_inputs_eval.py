@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fsiad.fewshot.data import load_dataset
 from fsiad.fewshot.data.synthetic import make_mvtec_dataset
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.evaluation import EvalConfig, default_shots, evaluate
 from fsiad.fewshot.evaluation.harness import PreparedBatches
 from fsiad.fewshot.fileio import OutputLock
@@ -101,7 +102,7 @@ def test_later_runs_merge_rows_instead_of_overwriting(root, tmp_path):
     assert meta["seeds"] == [0, 1]
     assert set(meta["references"]) == {"texture", "object"}
     md = (out / "results.md").read_text()
-    assert "## shots = 1" in md and "## shots = 2" in md
+    assert "## shots = 1\n\nSeeds: 0, 1." in md and "## shots = 2\n\nSeeds: 0, 1." in md
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -122,7 +123,23 @@ def test_another_runs_results_are_refused_with_one_line(root, tmp_path):
     out = tmp_path / "out"
     assert _eval(root, out, "--shots", "1").exit_code == 0
     r = _eval(root, out, "--shots", "1", method="t_color_full")
-    assert_one_line_error(r, "another run", "--out")
+    assert_one_line_error(r, "another run", "method=", "--out")
+    r = _eval(root, out, "--shots", "1", "-o", "sigma=2")
+    assert_one_line_error(r, "another run", "config_fingerprint", "--out")
+    doc = json.loads((out / "results.json").read_text())
+    doc["meta"]["config_fingerprint"] = ["not", "a", "string"]
+    (out / "results.json").write_text(json.dumps(doc))
+    assert_one_line_error(_eval(root, out, "--shots", "1"), "another run")
+
+
+def test_nothing_left_to_do_rewrites_the_files(root, tmp_path):
+    out = tmp_path / "out"
+    assert _eval(root, out, "--shots", "1").exit_code == 0
+    md = (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    r = _eval(root, out, "--shots", "1")
+    assert r.exit_code == 0, r.output
+    assert (out / "results.md").read_text() == md and "| texture | 1 |" in r.stdout
 
 
 CORRUPTIONS = {
@@ -160,6 +177,7 @@ def test_corrupt_resume_state_is_one_line_saying_what_to_do(root, tmp_path, case
     ("t_color_full", {("all", str(POOL))}),
     ("color_gaussian", {("1", "1"), ("2", "2"), ("4", "4"), ("8", "8")}),
     ("t_color_zero", {("0", "0")}),
+    ("t_color_any", {("1", "1"), ("2", "2"), ("4", "4"), ("8", "8")}),
     ("t_color_transductive", {("0", "0")}),
 ])
 def test_no_shots_runs_the_methods_regime(root, tmp_path, method, expected):
@@ -203,7 +221,10 @@ def test_unknown_method_option_fails_before_any_run(root, tmp_path):
     out = tmp_path / "out"
     r = _eval(root, out, "--shots", "1", "-o", "foo=1")
     assert_one_line_error(r, "foo")
-    assert not (out / "results.csv").exists()
+    assert not out.exists()
+    r = _eval(root, out, "--shots", "1", "-o", "sigma=-1")
+    assert_one_line_error(r, "sigma")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -321,3 +342,29 @@ def test_prepared_batches_report_images_per_chunk(root):
     assert seen == [2, 2, 1]
     assert sum(len(b) for b in batches) == 5  # second pass from the kept chunks reports too
     assert seen == [2, 2, 1, 2, 2, 1]
+
+
+def test_zero_shot_records_the_one_seed_that_ran(root, tmp_path):
+    out = tmp_path / "out"
+    r = _eval(root, out, "--seeds", "3,4", method="t_color_zero")
+    assert r.exit_code == 0, r.output
+    assert _ran(out) == {("texture", "0", "0", "3")}
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["categories"]["texture"]["seeds"] == {"0": [3]}
+    assert "## shots = 0\n\nSeeds: 3." in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("shots", [[-1], [], ["two"], [1.5]])
+def test_library_shot_settings_are_checked(root, tmp_path, shots):
+    cfg = EvalConfig(method="color_gaussian", dataset="mvtec", root=root, out=tmp_path / "out", categories=["texture"],
+                     shots=shots, method_config=MethodConfig(image_size=32, device="cpu"))
+    with pytest.raises(OptionError, match="--shots"):
+        evaluate(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_library_shot_strings_run_as_counts(root, tmp_path):
+    cfg = EvalConfig(method="color_gaussian", dataset="mvtec", root=root, out=tmp_path / "out", categories=["texture"],
+                     shots=["2", "all"], method_config=MethodConfig(image_size=32, device="cpu"))
+    evaluate(cfg, progress=lambda line: None)
+    assert _ran(tmp_path / "out") == {("texture", "2", "2", "0"), ("texture", "all", str(POOL), "0")}

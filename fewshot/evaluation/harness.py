@@ -231,8 +231,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None,
 
     Everything that can be checked is checked before the first run: the shot settings against
     the method's regime and the categories' training pools, ``out`` against the dataset root,
-    the lock on ``out``, the stored results (resume), and the method options (the method is
-    built once up front).
+    the method options, encoder and weights (the first method is built before ``out`` is
+    touched), then the lock on ``out`` and the stored results (resume / merge).
 
     Args:
         cfg: what to evaluate (``cfg.shots=None``: the method's default, see ``default_shots``).
@@ -244,9 +244,12 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None,
         OutputOverlapError: ``cfg.out`` is inside the dataset root or contains it.
         ResumeError: ``cfg.out`` holds another run's or unreadable results.
         OptionError, DatasetError: shots the method or the dataset cannot honour.
+        OSError: ``cfg.out`` cannot be created or written.
     """
     say = progress or log.info
-    shots = _unique(cfg.shots if cfg.shots is not None else default_shots(cfg.method))
+    shots = _unique([_shot_setting(k) for k in (cfg.shots if cfg.shots is not None else default_shots(cfg.method))])
+    if not shots:
+        raise OptionError("--shots: give at least one shot count (or 'all')")
     seeds = _unique(cfg.seeds)
     if not seeds:
         raise OptionError("--seeds: give at least one seed")
@@ -266,10 +269,12 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None,
         "config_fingerprint": config_fingerprint(cfg),
         "method_config": asdict(cfg.method_config),
     }
+    # method options, encoder and weights are checked before --out is touched
+    first = _build_method(cfg, categories[0])
     with OutputLock(cfg.out, "fsiad eval"):
         store = ResultsStore(cfg.out, meta, compatible_fingerprints=[config_fingerprint(cfg, resolve_paths=False)])
         plan = [
-            (category, [(k, seed) for k in shots for seed in (seeds[:1] if k in (0, "0") else seeds)
+            (category, [(k, seed) for k in shots for seed in (seeds[:1] if k == 0 else seeds)
                         if not store.done(category.name, k, seed)])
             for category in categories
         ]
@@ -279,13 +284,27 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None,
         plan = [(c, todo) for c, todo in plan if todo]
         bars = _Bars(sum(len(todo) for _, todo in plan), enabled=show_bars)
         try:
-            method = _build_method(cfg, plan[0][0]) if plan else None  # option errors before any run
-            for i, (category, todo) in enumerate(plan):
-                method = method if i == 0 else _build_method(cfg, category)
+            for category, todo in plan:
+                method = first if category is categories[0] else _build_method(cfg, category)
                 _run_category(cfg, store, method, category, todo, bars, say)
         finally:
             bars.close()
+        if store.rows:  # nothing left to do still refreshes the files (merged meta, a deleted results.md)
+            store.flush()
         return store.summary()
+
+
+def _shot_setting(k: int | str) -> int | str:
+    """``"all"`` or a count >= 0 (``"4"`` -> ``4``)."""
+    if k == ALL:
+        return ALL
+    try:
+        n = int(k)
+    except (TypeError, ValueError):
+        raise OptionError(f"--shots {k!r}: expected a count >= 0 or 'all'") from None
+    if n < 0 or str(n) != str(k).strip():
+        raise OptionError(f"--shots {k!r}: expected a count >= 0 or 'all'")
+    return n
 
 
 def _unique(values: Sequence[Any]) -> list[Any]:
@@ -354,12 +373,17 @@ def _run_category(cfg: EvalConfig, store: ResultsStore, method: AnomalyMethod, c
 
 
 class _Bars:
-    """tqdm bars on stderr: one over all runs (ETA of the benchmark), one for the current phase."""
+    """tqdm bars on stderr: one over all runs (ETA of the benchmark), one for the current phase.
+
+    Without a terminal (stderr to a log file) only the runs bar is kept, redrawn every few
+    seconds: the phase bars' cursor movements would litter the log.
+    """
 
     def __init__(self, total_runs: int, enabled: bool) -> None:
         self.enabled = enabled and total_runs > 0
-        # in a log file (no terminal) a redraw every few seconds is enough
-        self.interval = 0.1 if sys.stderr.isatty() else 5.0
+        tty = sys.stderr.isatty()
+        self.interval = 0.1 if tty else 5.0
+        self.phases = self.enabled and tty
         self.runs = tqdm(total=total_runs, unit="run", desc="eval", file=sys.stderr, disable=not self.enabled,
                          position=0, dynamic_ncols=True, mininterval=self.interval)
 
@@ -371,7 +395,7 @@ class _Bars:
 
     @contextlib.contextmanager
     def phase(self, name: str, total: int, unit: str = "img") -> Iterator[Callable[[int], None]]:
-        bar = tqdm(total=total, unit=unit, desc=f"  {name}", file=sys.stderr, disable=not self.enabled,
+        bar = tqdm(total=total, unit=unit, desc=f"  {name}", file=sys.stderr, disable=not self.phases,
                    position=1, leave=False, dynamic_ncols=True, mininterval=self.interval)
 
         def tick(n: int) -> None:

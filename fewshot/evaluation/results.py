@@ -104,7 +104,10 @@ class ResultsStore:
         for key in IDENTITY_KEYS:
             if key not in old:
                 continue
-            same = old[key] in self._compatible if key == "config_fingerprint" else old[key] == self.meta.get(key)
+            if key == "config_fingerprint":
+                same = isinstance(old[key], str) and old[key] in self._compatible
+            else:
+                same = old[key] == self.meta.get(key)
             if not same:
                 raise ResumeError(
                     f"{self.out}: holds results of another run ({key}={old[key]!r}, now "
@@ -208,9 +211,9 @@ class ResultsStore:
     def summary(self) -> dict[str, Any]:
         """The ``results.json`` document: per-category and mean-over-categories statistics.
 
-        Per category, mean ± std (population std, ddof=0) over seeds, the number of references
-        actually used (``shots_used``: one number, or the sorted list when seeds differ) and the
-        mean phase timings. The mean block first averages categories for each seed (seeds
+        Per category, mean ± std (population std, ddof=0) over the seeds that ran (``seeds``),
+        the number of references actually used (``shots_used``: one number, or the sorted list
+        when seeds differ) and the mean phase timings. The mean block first averages categories for each seed (seeds
         present in every category), then takes mean ± std over seeds, as the few-shot
         literature reports it.
         """
@@ -222,8 +225,9 @@ class ResultsStore:
             by_key.setdefault((r["category"], r["shots"]), {})[int(r["seed"])] = values
             rows_by_key.setdefault((r["category"], r["shots"]), []).append(r)
         for (cat, k), seeds in by_key.items():
-            block = cats.setdefault(cat, {"shots": {}, "shots_used": {}, "timing_s": {}})
+            block = cats.setdefault(cat, {"shots": {}, "shots_used": {}, "seeds": {}, "timing_s": {}})
             block["shots"][k] = {m: _stats([v[m] for v in seeds.values()]) for m in METRICS}
+            block["seeds"][k] = sorted(seeds)
             used = sorted({int(_num(r.get("shots_used")) or 0) for r in rows_by_key[(cat, k)]})
             block["shots_used"][k] = used[0] if len(used) == 1 else used
             block["timing_s"][k] = {
@@ -277,7 +281,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"# {meta.get('method')} on {meta.get('dataset')}",
         "",
         f"Encoder: {meta.get('encoder')} ({meta.get('weights_source')}); "
-        f"regime: {meta.get('regime')}; seeds: {meta.get('seeds')}; "
+        f"regime: {meta.get('regime')}; "
         f"metric resolution: {meta.get('metric_resolution')}. Values in %, mean ± std over seeds.",
         "",
         "`used` = normal reference images the method was fitted on ('all' = the whole training pool).",
@@ -285,7 +289,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     shot_keys = sorted({k for c in summary["categories"].values() for k in c["shots"]}, key=_shot_order)
     short = ["I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO"]
     for k in shot_keys:
-        lines += ["", f"## shots = {k}", "", "| category | used | " + " | ".join(short) + " |",
+        ran = sorted({s for c in summary["categories"].values() for s in c.get("seeds", {}).get(k, [])})
+        lines += ["", f"## shots = {k}", "", f"Seeds: {', '.join(map(str, ran)) or '–'}.", "",
+                  "| category | used | " + " | ".join(short) + " |",
                   "|---|---:|" + "---:|" * len(short)]
         rows = [(c, v["shots"][k], v.get("shots_used", {}).get(k)) for c, v in summary["categories"].items()
                 if k in v["shots"]]
