@@ -63,7 +63,7 @@ def inspect_command(sample: Path, xyz: Path | None, normal_dir: Path | None, sho
     try:
         target = _sample_for(sample, xyz)
         if model_dir is not None:
-            model = AnomalyMethod.load(model_dir, device=config.device)
+            model = AnomalyMethod.load(model_dir, device=config.device, weights=config.weights)
         else:
             model = create_method(method, config)
             refs = folder_samples(normal_dir)

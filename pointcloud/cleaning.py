@@ -102,7 +102,7 @@ def cleaned_cloud(xyz: np.ndarray, params: CleaningParams = CleaningParams(), so
         path = cache_dir() / f"{digest}-{xyz.shape[0]}x{xyz.shape[1]}-{params.key()}.npz"
         if path.is_file():
             try:
-                with np.load(path) as z:
+                with np.load(path, allow_pickle=False) as z:  # never unpickle a cache entry
                     keep = np.unpackbits(z["keep"])[: xyz.shape[0] * xyz.shape[1]].astype(bool)
                 return np.where(keep.reshape(xyz.shape[:2])[..., None], xyz, 0).astype(np.float32)
             except (OSError, ValueError, KeyError):

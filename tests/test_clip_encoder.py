@@ -93,7 +93,7 @@ def test_text_embedding_matches_open_clip_and_is_cached_on_disk(tiny, fsiad_home
     with torch.inference_mode():
         ref = tiny.model.encode_text(tiny.tokenizer(prompts))
     torch.testing.assert_close(emb, ref, atol=1e-5, rtol=0)
-    assert len(list(text_cache_dir().glob("*.pt"))) == 1
+    assert len(list(text_cache_dir().glob("*.safetensors"))) == 1
     assert str(text_cache_dir()).startswith(str(fsiad_home))
 
     fresh = tiny_encoder(tmp_path)  # new process-equivalent: empty memory memo
@@ -108,7 +108,7 @@ def test_text_embedding_matches_open_clip_and_is_cached_on_disk(tiny, fsiad_home
     monkeypatch.setenv("FSIAD_HOME", str(fsiad_home))
     edited = fresh.text_embedding(["a photo of a flawless bottle!", prompts[1]])
     assert not torch.allclose(edited[0], emb[0])
-    assert len(list(text_cache_dir().glob("*.pt"))) == 2
+    assert len(list(text_cache_dir().glob("*.safetensors"))) == 2
 
 
 def test_registry_names_and_unavailable_weights_fail_fast(fsiad_home):

@@ -105,8 +105,8 @@ def test_checksum_memoised_and_invalidated(fsiad_home: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     f = _file(tmp_path / "w.bin", b"a" * 1000)
     calls = []
-    real = W._hash_file
-    monkeypatch.setattr(W, "_hash_file", lambda p: calls.append(p) or real(p))
+    real = W.hash_file
+    monkeypatch.setattr(W, "hash_file", lambda p: calls.append(p) or real(p))
     first = W.sha256_file(f)
     assert first == hashlib.sha256(b"a" * 1000).hexdigest()
     assert W.sha256_file(f) == first and len(calls) == 1  # second call read the sidecar memo

@@ -91,7 +91,9 @@ def test_save_load_round_trips_exactly(tmp_path):
     r2 = loaded.predict(q)
     assert torch.equal(r.anomaly_maps, r2.anomaly_maps) and torch.equal(r.image_scores, r2.image_scores)
     assert torch.equal(loaded.channels, m.channels) and loaded.grid == m.grid
-    assert set(torch.load(tmp_path / "r" / "state.pt")) == {"mean", "chol", "grid", "channels"}
+    from safetensors.torch import load_file  # the state is a safetensors file (no pickled objects)
+
+    assert set(load_file(tmp_path / "r" / "state.safetensors")) == {"mean", "chol", "grid", "channels"}
 
 
 def test_bad_input_fails_clearly():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from fsiad.fewshot.encoders.base import Encoder, WeightInfo
+from fsiad.fewshot.encoders.checkpoint import WeightsFileError, is_torchscript_archive, read_state_dict
 from fsiad.fewshot.encoders.registry import RANDOM_SEED, register_encoder
 from fsiad.fewshot.encoders.weights import (
     WeightsNotFoundError,
@@ -40,6 +40,7 @@ from fsiad.fewshot.encoders.weights import (
     random_weights,
     resolve_weights,
 )
+from fsiad.fewshot.errors import UnsafeFileError
 from fsiad.fewshot.preprocess import Preprocess
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
@@ -242,7 +243,8 @@ class CLIPEncoder(Encoder):
         """Projected, unnormalised text embeddings ``[P, D]`` float32 (fp32 forward).
 
         Cached in memory and on disk, keyed by model, weights checksum and the exact prompt
-        texts (so editing a prompt file invalidates the entry).
+        texts (so editing a prompt file invalidates the entry). Disk entries are
+        ``.safetensors`` files (no pickled objects); an unreadable entry is recomputed.
         """
         prompts = list(prompts)
         if not prompts or not all(isinstance(p, str) and p for p in prompts):
@@ -250,17 +252,12 @@ class CLIPEncoder(Encoder):
         key = self._text_key(prompts)
         if key in self._text_memo:
             return self._text_memo[key].clone()
-        path = text_cache_dir() / f"{key}.pt"
-        emb = None
-        if self.text_cache and path.is_file():
-            try:
-                emb = torch.load(path, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError, EOFError):
-                emb = None  # unreadable cache entry: recompute and overwrite
-        if not isinstance(emb, torch.Tensor) or emb.shape != (len(prompts), self.embed_dim):
+        path = text_cache_dir() / f"{key}.safetensors"
+        emb = _read_text_cache(path) if self.text_cache else None
+        if emb is None or emb.shape != (len(prompts), self.embed_dim):
             emb = self._encode_text(prompts)
             if self.text_cache:
-                _atomic_save(emb, path)
+                _write_text_cache(emb, path)
         self._text_memo[key] = emb
         return emb.clone()
 
@@ -301,11 +298,26 @@ def _block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tens
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _atomic_save(t: torch.Tensor, path: Path) -> None:
+def _read_text_cache(path: Path) -> torch.Tensor | None:
+    """The tensor of a text-cache entry (safetensors, key ``embedding``), ``None`` if absent/unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        emb = load_file(str(path)).get("embedding")
+    except Exception:  # noqa: BLE001 - corrupt or foreign entry: recompute and overwrite
+        return None
+    return emb.float() if isinstance(emb, torch.Tensor) and emb.ndim == 2 else None
+
+
+def _write_text_cache(t: torch.Tensor, path: Path) -> None:
+    from safetensors.torch import save_file
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        torch.save(t.contiguous(), tmp)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(t):x}.tmp")
+        save_file({"embedding": t.detach().cpu().contiguous()}, str(tmp))
         tmp.replace(path)
     except OSError:
         pass  # read-only cache location: embeddings stay correct, only not persisted
@@ -372,29 +384,62 @@ def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int
         if path.is_dir():
             files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt"), *path.glob("*.pth")])
             if not files:
-                raise ValueError(f"{path}: no checkpoint file (*.safetensors, *.bin, *.pt) in this directory")
+                raise WeightsFileError(f"{path}: no checkpoint file (*.safetensors, *.bin, *.pt) in this directory")
             path = files[0]
-        # OpenAI's original files are TorchScript archives: loaded as such (weights_only=False)
-        script = _is_torchscript(path)
-        try:
-            keys = open_clip.load_checkpoint(model, str(path), strict=not script, weights_only=not script)
-        except Exception as exc:  # noqa: BLE001 - any unreadable / mismatching file -> one-line error
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise ValueError(f"{path}: not a checkpoint of open_clip {arch}: {type(exc).__name__}: {first}") from exc
-        if script:  # scripted modules also carry non-persistent buffers such as the text attn_mask
-            bad = list(keys.missing_keys) + [k for k in keys.unexpected_keys if k != "attn_mask"]
-            if bad:
-                raise ValueError(f"{path}: not a checkpoint of open_clip {arch}: mismatching keys {bad[:5]}")
+        _load_checkpoint(model, path, arch)
     return model
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript zip archive (it holds a ``constants.pkl``)."""
+def _load_checkpoint(model: torch.nn.Module, path: Path, arch: str) -> None:
+    """Load an open_clip checkpoint into ``model`` without unpickling Python objects.
+
+    A TorchScript archive (OpenAI's original files), recognised only by torch's exact check
+    ``is_torchscript_archive``, is read with ``torch.jit.load``; anything else goes through
+    ``read_state_dict`` (safetensors, or ``torch.load(weights_only=True)``). No file-name
+    heuristic is involved: a zip with a member ``x/notconstants.pkl`` is an ordinary torch
+    file and is refused by the restricted loader when it holds anything but tensors. The
+    state dict is then adapted as ``open_clip.load_checkpoint`` does (3rd-party key names,
+    old text-tower layout, ``logit_scale`` shape, position-embedding resize).
+
+    Raises:
+        UnsafeFileError: the file holds Python objects beyond tensors (nothing ran).
+        WeightsFileError: unreadable file or keys/shapes that do not fit ``arch``.
+    """
+    from open_clip import factory as ocf
+
+    script = is_torchscript_archive(path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("constants.pkl") for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+        if script:
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                sd.pop(key, None)
+        else:
+            sd = read_state_dict(path)
+        if sd and next(iter(sd)).startswith("module"):
+            sd = {k[7:]: v for k, v in sd.items()}
+        sd = ocf.convert_state_dict(model, sd)
+        if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+            sd = ocf.convert_to_custom_text_state_dict(sd)
+        for key in ("logit_scale", "logit_bias"):
+            own = getattr(model, key, None)
+            if key in sd and own is not None and own.ndim != sd[key].ndim:
+                sd[key] = sd[key].reshape(own.shape)
+        if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None and "logit_scale" in sd:
+            sd["logit_bias"] = torch.zeros_like(sd["logit_scale"])
+        ocf.resize_pos_embed(sd, model)
+        ocf.resize_text_pos_embed(sd, model)
+        keys = model.load_state_dict(sd, strict=not script)
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable / mismatching file -> one-line error
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if isinstance(exc, WeightsFileError) and first.startswith(f"{path}: "):
+            first = first[len(f"{path}: "):]
+        raise WeightsFileError(f"{path}: not a checkpoint of open_clip {arch}: {type(exc).__name__}: {first}") from None
+    if script:  # scripted modules also carry non-persistent buffers such as the text attn_mask
+        bad = list(keys.missing_keys) + [k for k in keys.unexpected_keys if k != "attn_mask"]
+        if bad:
+            raise WeightsFileError(f"{path}: not a checkpoint of open_clip {arch}: mismatching keys {bad[:5]}")
 
 
 def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weights: str | Path | None = None,

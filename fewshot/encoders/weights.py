@@ -8,21 +8,24 @@ never a fallback: ``random_weights(seed)`` is only used when a caller asks for i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fsiad.fewshot.encoders.base import WeightInfo
-from fsiad.fewshot.errors import FsiadError
+from fsiad.fewshot.errors import FsiadError, UnsafeFileError
 
 __all__ = [
     "WeightInfo", "WeightSpec", "WeightsNotFoundError", "fsiad_home", "weights_dir", "is_offline",
     "resolve_weights", "find_weights", "sha256_file", "random_weights", "package_file",
-    "HFFile", "TorchHubFile", "HubSources",
+    "HFFile", "TorchHubFile", "HubSources", "hash_file", "expect_weights_checksum", "check_expected_checksum",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -120,7 +123,8 @@ def package_file(module: str, relpath: str) -> Path | None:
     return None
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed (no memo)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -151,7 +155,7 @@ def sha256_file(path: str | Path) -> str:
             return rec["sha256"]
     except (OSError, ValueError):
         pass
-    digest = _hash_file(path)
+    digest = hash_file(path)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_suffix(f".tmp{os.getpid()}")
@@ -246,7 +250,40 @@ def resolve_weights(spec: WeightSpec, explicit: str | Path | None = None, *,
         detail = "offline, hub skipped" if spec.hub is not None and is_offline() else "not found"
         raise WeightsNotFoundError(spec, detail)
     source, path = found
-    return WeightInfo(source=source, path=str(path), checksum=sha256_file(path))
+    checksum = sha256_file(path)
+    check_expected_checksum(path, checksum)
+    return WeightInfo(source=source, path=str(path), checksum=checksum)
+
+
+# -- checksum expected by a model folder (checked before any weight file is read) --------------
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_EXPECTED: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("fsiad_expected_weights",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def expect_weights_checksum(checksum: str | None, what: str = "the model") -> Iterator[None]:
+    """Inside this block ``resolve_weights`` refuses weights whose sha256 is not ``checksum``.
+
+    A model folder records the sha256 of the encoder weights it was fitted with; loading it
+    wraps the method construction in this block so that a different file (explicit, cached,
+    packaged or hub) is refused from its checksum BEFORE it is deserialised. ``checksum`` that
+    is not a sha256 (``None``, ``random-init-seed0``) disables the check.
+    """
+    token = _EXPECTED.set((checksum, what) if checksum and _SHA256.match(checksum) else None)
+    try:
+        yield
+    finally:
+        _EXPECTED.reset(token)
+
+
+def check_expected_checksum(path: str | Path, checksum: str) -> None:
+    """Raise ``UnsafeFileError`` when an ``expect_weights_checksum`` block expects other weights."""
+    expected = _EXPECTED.get()
+    if expected is not None and checksum != expected[0]:
+        raise UnsafeFileError(
+            f"encoder mismatch: the weights {path} have sha256 {checksum}, but {expected[1]} was fitted with "
+            f"sha256 {expected[0]}; pass --weights with the original file (refused before loading it)")
 
 
 # -- hub sources (used by encoder modules; nothing here runs at import time) -------------------

@@ -8,10 +8,9 @@ zero-shot methods), ``predict`` on query images. Images are float tensors
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -172,35 +171,28 @@ class AnomalyMethod(ABC):
             raise NotImplementedError(f"{self.name} does not implement set_state")
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``method.json`` (name, config, description) and ``state.pt``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"name": self.name, "config": asdict(self.config), "describe": self.describe(), **(extra or {})}
-        _atomic_write_bytes(directory / "method.json", json.dumps(meta, indent=2, default=str).encode())
-        tmp = directory / "state.pt.tmp"
-        torch.save({k: v.detach().cpu() for k, v in self.get_state().items()}, tmp)
-        tmp.replace(directory / "state.pt")
-        return directory
+        """Write ``state.safetensors`` and ``method.json`` (name, config, description, state sha256).
+
+        No pickled objects: the state is a safetensors file whose sha256 ``load`` checks before
+        parsing it. See ``fsiad.fewshot.workflow.model.write_method_folder``.
+        """
+        from fsiad.fewshot.workflow.model import write_method_folder
+
+        return write_method_folder(self, directory, extra)
 
     @staticmethod
     def load(directory: str | Path, **overrides: Any) -> AnomalyMethod:
-        """Rebuild a fitted method saved with ``save``; ``overrides`` replace config fields."""
-        directory = Path(directory)
-        meta_path = directory / "method.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not a saved fsiad model (method.json missing)")
-        meta = json.loads(meta_path.read_text())
-        config = MethodConfig(**{**meta["config"], **overrides})
-        method = create_method(meta["name"], config)
-        method.set_state(torch.load(directory / "state.pt", map_location="cpu", weights_only=True))
-        method.fitted = True
-        return method
+        """Rebuild a fitted method saved with ``save``; ``overrides`` replace config fields.
 
+        Safe with folders from anyone: nothing is unpickled, checksums of the state and of the
+        encoder weights are checked before either is read, and ``method.json`` cannot point to
+        files outside the folder unless the caller passes them (``weights=``). Malformed files
+        raise ``ModelError`` (one line naming the file). See
+        ``fsiad.fewshot.workflow.model.read_method_folder``.
+        """
+        from fsiad.fewshot.workflow.model import read_method_folder
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+        return read_method_folder(directory, **overrides)
 
 
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}
