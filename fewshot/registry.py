@@ -139,9 +139,9 @@ BUILTINS: tuple[Entry, ...] = (
     # -- datasets ------------------------------------------------------------------------
     Entry("dataset", "mvtec", "fsiad.fewshot.data.mvtec:load_mvtec",
           summary="MVTec AD layout (also MPDD, BTAD)"),
-    Entry("dataset", "visa", "fsiad.fewshot.data.visa:load_visa", summary="VisA (split CSV or MVTec-style layout)"),
-    Entry("dataset", "folder", "fsiad.fewshot.data.folder:load_folder", summary="A folder of good/ and defect folders"),
-    Entry("dataset", "textile", "fsiad.fewshot.data.textile:load_textile", summary="The embedded textile demo set"),
+    Entry("dataset", "visa", "fsiad.fewshot.data.visa:load_visa", summary="VisA (raw layout + official split_csv/1cls.csv)"),
+    Entry("dataset", "folder", "fsiad.fewshot.data.folder:load_folder", summary="Generic folder dataset (category folders of good and defect images)"),
+    Entry("dataset", "textile", "fsiad.fewshot.data.textile:load_textile", summary="Simulated textile set (conformal-clip-data package)"),
     Entry("dataset", "mvtec3d", "fsiad.pointcloud.data:load_mvtec3d", summary="MVTec 3D-AD (RGB + xyz point clouds)"),
 )
 

@@ -8,6 +8,8 @@ only; ``validation`` is left out, as in BTF).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from fsiad.fewshot.data.base import Category, DatasetError, Sample
@@ -98,6 +100,87 @@ def _pairs_from(rgb_dir: Path, xyz_dir: Path) -> list[Sample]:
         out.append(rgbd_sample(rgb, xyz))
     if not out:
         raise DatasetError(f"{rgb_dir}: no .png images")
+    return out
+
+
+POINT_SUFFIXES = (".ply", ".pcd")
+_LAYOUT_DIRS = {"rgb", "xyz", "gt"}
+
+
+def _rgbd_below(d: Path) -> list[Sample]:
+    """RGB-D samples below folder ``d``: MVTec 3D-style ``rgb/`` + ``xyz/`` folders (with ``gt/``
+    masks when present) at any depth, and loose point clouds (``.ply``, ``.pcd``, xyz ``.tiff``
+    with an optional ``name.png``), in sorted order."""
+    if (d / "rgb").is_dir() and (d / "xyz").is_dir():
+        out = _pairs_from(d / "rgb", d / "xyz")
+        return [replace(s, mask_path=(d / "gt" / f"{s.path.stem}.png") if (d / "gt" / f"{s.path.stem}.png").is_file()
+                        else None) for s in out]
+    out: list[Sample] = []
+    entries = sorted(p for p in d.iterdir() if not p.name.startswith("."))
+    for p in entries:
+        if p.is_file() and p.suffix.lower() in POINT_SUFFIXES:
+            out.append(rgbd_sample(None, p))
+        elif p.is_file() and p.suffix.lower() in XYZ_SUFFIXES:
+            png = p.with_suffix(".png")
+            out.append(rgbd_sample(png if png.is_file() else None, p))
+    for p in entries:
+        if p.is_dir() and p.name not in _LAYOUT_DIRS:
+            out.extend(_rgbd_below(p))
+    return out
+
+
+def _rgbd_file(p: Path) -> Sample:
+    """One named file: a point cloud, an xyz ``.tiff`` (RGB ``name.png`` beside it, if any) or an
+    RGB image whose point cloud is ``name.tiff`` beside it or ``../xyz/name.tiff`` (MVTec 3D)."""
+    suf = p.suffix.lower()
+    if suf in POINT_SUFFIXES:
+        return rgbd_sample(None, p)
+    if suf in XYZ_SUFFIXES and p.parent.name != "rgb":
+        png = p.parent.parent / "rgb" / f"{p.stem}.png" if p.parent.name == "xyz" else p.with_suffix(".png")
+        return rgbd_sample(png if png.is_file() else None, p)
+    for folder in (p.parent, p.parent.parent / "xyz"):
+        xyz = next((folder / (p.stem + s) for s in XYZ_SUFFIXES if (folder / (p.stem + s)).is_file()), None)
+        if xyz is not None and xyz != p:
+            gt = p.parent.parent / "gt" / f"{p.stem}.png"
+            return rgbd_sample(p, xyz, gt if p.parent.name == "rgb" and gt.is_file() else None)
+    raise DatasetError(f"{p}: no point cloud for this image (expected {p.with_suffix('.tiff').name} beside it "
+                       f"or in ../xyz/)")
+
+
+def collect_rgbd(paths: Sequence[str | Path], labels: dict[Path, int] | None = None) -> list[Sample]:
+    """RGB-D samples from files and folders as a user names them (``--normal``, TARGETS).
+
+    Folders are searched at any depth for MVTec 3D-AD ``rgb/`` + ``xyz/`` (+ ``gt/``) folders
+    (``CAT/train/good``, ``CAT/test`` with its defect folders, a whole category) and for loose
+    point clouds; files are taken one by one (``_rgbd_file``). Labels come from ``labels``
+    (resolved RGB or point-cloud path -> 0/1, as ``read_labels_csv``), else ``None``.
+    Order: the order of ``paths``, each folder sorted; duplicates keep their first place.
+
+    Raises:
+        DatasetError: a path does not exist, a folder holds no RGB-D sample, an image has no
+            point cloud.
+    """
+    labels = labels or {}
+    out: list[Sample] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = _rgbd_below(p)
+            if not found:
+                raise DatasetError(f"{p}: no RGB-D samples (rgb/ + xyz/ folders, .ply, .pcd or xyz .tiff files)")
+        elif p.is_file():
+            found = [_rgbd_file(p)]
+        else:
+            raise DatasetError(f"{p}: not found")
+        for s in found:
+            key = Path(s.path).resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            label = labels.get(key, labels.get(Path(s.extra["xyz"]).resolve()))
+            defect = "good" if label == 0 else ("unknown" if label is None else "anomalous")
+            out.append(replace(s, label=label, defect=defect))
     return out
 
 

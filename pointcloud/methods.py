@@ -1,5 +1,9 @@
 """Point-cloud methods: ``btf`` (RGB + FPFH), ``fpfh`` (3D only), ``rgb`` and ``depth`` (2D encoder).
 
+The modality features live in ``pointcloud.modalities``, their normalisation and fusion in
+``pointcloud.fusion``; this module holds the scorer (``RGBDMethod``), the options and the four
+registered methods.
+
 All four share one scorer, BTF's recipe (Horwitz & Hoshen 2022; reference-facts b.5): per-
 modality patch features on a ``g x g`` grid (28x28 at 224 px), concatenated per patch into
 one PatchCore memory bank (all patches of the K references for few-shot fits; an approximate
@@ -42,87 +46,67 @@ Deviations from BTF, on purpose (all switchable back with ``-o key=value``):
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
+from fsiad.fewshot.data.base import Sample
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
-from fsiad.fewshot.ops import approximate_greedy_coreset, knn_search, upsample_blur
+from fsiad.fewshot.methods.options import Option, defaults
+from fsiad.fewshot.ops import approximate_greedy_coreset, upsample_blur
 from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
 from fsiad.pointcloud.batch import RGBDBatch, build_batch, iter_rgbd
 from fsiad.pointcloud.cleaning import CleaningParams
-from fsiad.pointcloud.features import FPFHParams, depth_image, fpfh_organized, pool_to_grid
-from fsiad.pointcloud.io import valid_mask
+from fsiad.pointcloud.features import FPFHParams
+from fsiad.pointcloud.fusion import (
+    FUSION_NORMS,
+    FUSIONS,
+    NN_SCALE_IMAGES,
+    fit_normalisation,
+    fuse,
+    fused_distance,
+    normalised,
+)
+from fsiad.pointcloud.fusion import loo_nn_distance as _loo_nn_distance
+from fsiad.pointcloud.modalities import (
+    _FPFH_MEMO,
+    _FPFH_MEMO_MAX,
+    FPFH_POOLS,
+    PREFERRED_ENCODERS,
+    depth_images,
+    encoder_features,
+    fpfh_features,
+    select_encoder_name,
+)
 
 DEFAULT_SIZE = 224
-#: 2D encoders in order of preference when ``config.encoder`` is not given (BTF uses WR50).
-PREFERRED_ENCODERS = ("wide_resnet50_2", "tf_efficientnet_lite0", "dinov2_vits14")
 
-DEFAULTS: dict[str, Any] = {
-    "layers": None,  # encoder layers (None = encoder default)
-    "grid": None,  # feature grid side (None = size // 8, 28 at 224 as BTF)
-    "fusion": "concat",  # "concat": one bank of concatenated features (BTF) | "scores": a bank per modality
-    "fusion_norm": "nn",  # "nn" | "nnmean" | "std" | "none" (BTF)
-    "weights": None,  # {"rgb": 1.0, "fpfh": 1.0, ...}
-    "k": 1,  # nearest neighbours averaged for a patch score
-    "coreset_ratio": 0.1,
-    "coreset_above": 16,  # coreset only when fitting on more references than this
-    "sigma": 4.0,
-    "resize": None,  # square resize before a centre crop (None = no crop, BTF)
-    "clean": False,  # BTF plane removal + DBSCAN
-    "zero_rgb_background": True,  # with clean=True, blank the RGB of removed points (BTF)
-    "fpfh_voxel": 0.05,
-    "normal_max_nn": 30,
-    "feature_max_nn": 100,
-    "orient_normals": True,
-    "fpfh_pool": "zeros",  # "zeros": missing points count as zero features (BTF); "valid": mean over valid points
-}
-
-FUSION_NORMS = ("std", "nn", "nnmean", "none")
-#: at most this many reference images enter the leave-one-out distance scale of ``fusion_norm="nn"``
-NN_SCALE_IMAGES = 16
-
-_FPFH_MEMO: OrderedDict[str, torch.Tensor] = OrderedDict()
-_FPFH_MEMO_MAX = 512
-
-
-def select_encoder_name(config: MethodConfig) -> str:
-    """``config.encoder`` or the first preferred encoder whose weights are available here."""
-    from fsiad.fewshot.encoders import encoder_names, encoder_status
-
-    if config.encoder:
-        return config.encoder
-    known = [n for n in PREFERRED_ENCODERS if n in encoder_names()]
-    for name in known:
-        if encoder_status(name)["available"]:
-            return name
-    if config.allow_random and known:
-        return known[0]
-    raise FileNotFoundError(
-        f"no 2D encoder weights available (tried {', '.join(PREFERRED_ENCODERS)}); "
-        "install them with scripts/setup.sh (see `fsiad models`) or pass --encoder")
-
-
-def _loo_nn_distance(feats: torch.Tensor, reduce: str = "max") -> torch.Tensor:
-    """Leave-one-image-out nearest-neighbour L2 distances of patches ``[K, P, C]`` (K >= 2),
-    reduced per image (``max``: the image score a normal image would get; ``mean``), then
-    averaged over images.
-
-    Uses at most ``NN_SCALE_IMAGES`` images (evenly spaced); one kNN search per image.
-    """
-    k = feats.shape[0]
-    sel = torch.linspace(0, k - 1, min(k, NN_SCALE_IMAGES)).round().long().unique()
-    f = feats[sel]
-    dists = []
-    for i in range(f.shape[0]):
-        others = torch.cat([f[:i], f[i + 1 :]]).reshape(-1, f.shape[-1])
-        d = knn_search(f[i], others, k=1, metric="l2")[0][:, 0]
-        dists.append(d.max() if reduce == "max" else d.mean())
-    return torch.stack(dists).mean().clamp_min(1e-8)
+OPTIONS = (
+    Option("layers", "layers", None, "2D encoder layers (none = the encoder's default)", nullable=True),
+    Option("grid", "int", None, "feature grid side (none = image side / 8, 28 at 224 as BTF)", ge=1, nullable=True),
+    Option("fusion", "str", "concat", "one bank of concatenated features (BTF) or a bank per modality",
+           choices=FUSIONS),
+    Option("fusion_norm", "str", "nn", "per-modality scale before fusion (none = raw features, BTF)",
+           choices=FUSION_NORMS),
+    Option("weights", "dict", None, "per-modality weights, e.g. {\"rgb\": 1.0, \"fpfh\": 2.0} (none = all 1)",
+           nullable=True, item="float"),
+    Option("k", "int", 1, "nearest bank entries averaged for a patch score", ge=1),
+    Option("coreset_ratio", "float", 0.1, "share of patches kept by the greedy coreset", gt=0, le=1),
+    Option("coreset_above", "int", 16, "coreset only when fitting on more references than this", ge=0),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("resize", "int", None, "square resize before a centre crop (none = no crop, BTF)", ge=1, nullable=True),
+    Option("clean", "bool", False, "BTF plane removal + DBSCAN of the point cloud (cached, slow)"),
+    Option("zero_rgb_background", "bool", True, "with clean=true, blank the RGB of removed points (BTF)"),
+    Option("fpfh_voxel", "float", 0.05, "FPFH voxel size relative to the object extent", gt=0),
+    Option("normal_max_nn", "int", 30, "neighbours for the normal estimation", ge=1),
+    Option("feature_max_nn", "int", 100, "neighbours for the FPFH histogram", ge=1),
+    Option("orient_normals", "bool", True, "orient normals towards the camera"),
+    Option("fpfh_pool", "str", "zeros", "missing points as zero features (BTF) or mean over valid points",
+           choices=FPFH_POOLS),
+)
+DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
 
 class RGBDMethod(AnomalyMethod):
@@ -130,18 +114,11 @@ class RGBDMethod(AnomalyMethod):
 
     modalities: ClassVar[tuple[str, ...]] = ()
     regime: ClassVar[str] = "few-shot"
+    options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         super().__init__(config)
-        opts = dict(self.config.options)
-        unknown = sorted(set(opts) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
-        self.opts = {**DEFAULTS, **opts}
-        if self.opts["fusion"] not in ("concat", "scores"):
-            raise ValueError(f"{self.name}: fusion must be 'concat' or 'scores', got {self.opts['fusion']!r}")
-        if self.opts["fusion_norm"] not in FUSION_NORMS:
-            raise ValueError(f"{self.name}: fusion_norm must be one of {FUSION_NORMS}, got {self.opts['fusion_norm']!r}")
+        self.opts = self.resolve_options()
         self.size = int(self.config.image_size or DEFAULT_SIZE)
         self.grid = int(self.opts["grid"] or max(1, self.size // 8))
         self._pre = Preprocess(self.size, self.opts["resize"], "bicubic")
@@ -167,6 +144,17 @@ class RGBDMethod(AnomalyMethod):
         return self._pre
 
     # -- data ---------------------------------------------------------------------------
+    @classmethod
+    def collect_samples(cls, paths: Sequence[str | Path], labels: dict[Path, int] | None = None) -> list[Sample]:
+        """RGB-D samples from ``--normal`` / TARGET paths (MVTec 3D-AD ``rgb/`` + ``xyz/`` folders,
+        ``name.png`` + ``name.tiff`` pairs, ``.ply`` / ``.pcd`` files); see ``pointcloud.data.collect_rgbd``.
+
+        ``labels``: resolved path -> 0/1 (``read_labels_csv``); unlabeled samples get ``None``.
+        """
+        from fsiad.pointcloud.data import collect_rgbd
+
+        return collect_rgbd(paths, labels)
+
     def prepare(self, samples: Sequence) -> RGBDBatch:
         """Load RGB-D samples (``Sample.extra["xyz"]``) and precompute the 3D features."""
         batch = build_batch(list(samples), self._pre, self.cleaning, bool(self.opts["zero_rgb_background"]))
@@ -178,31 +166,12 @@ class RGBDMethod(AnomalyMethod):
         return batch
 
     def _fpfh(self, batch: RGBDBatch) -> torch.Tensor:
-        out = []
-        for xyz, src in zip(batch.xyz, batch.sources, strict=True):
-            arr = xyz.numpy()
-            key = hashlib.sha1(arr.tobytes() + repr((self.fpfh_params, self.grid, self.opts["fpfh_pool"])).encode()).hexdigest()
-            if key not in _FPFH_MEMO:
-                dense = torch.from_numpy(fpfh_organized(arr, self.fpfh_params, src))[None]
-                pooled = pool_to_grid(dense, self.grid)[0]
-                if self.opts["fpfh_pool"] == "valid":  # mean over valid points only
-                    ok = torch.from_numpy(valid_mask(arr)).float()[None, ..., None]
-                    frac = pool_to_grid(ok, self.grid)[0]
-                    pooled = torch.where(frac > 0, pooled / frac.clamp_min(1e-6), torch.zeros(()))
-                _FPFH_MEMO[key] = pooled
-                while len(_FPFH_MEMO) > _FPFH_MEMO_MAX:
-                    _FPFH_MEMO.popitem(last=False)
-            out.append(_FPFH_MEMO[key])
-        return torch.stack(out) if out else torch.empty(0, self.grid, self.grid, 33)
+        return fpfh_features(batch, self.fpfh_params, self.grid, self.opts["fpfh_pool"])
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """2D patch features ``[N, g, g, C]``: each layer 3x3-pooled to the grid, concatenated."""
         assert self.encoder is not None
-        parts = []
-        for i in range(0, images.shape[0], self.config.batch_size):
-            feats = self.encoder.patch_features(images[i : i + self.config.batch_size], self.opts["layers"])
-            parts.append(torch.cat([pool_to_grid(f, self.grid) for f in feats], dim=-1))
-        return torch.cat(parts)
+        return encoder_features(self.encoder, images, self.opts["layers"], self.grid, self.config.batch_size)
 
     def modality_features(self, batch: RGBDBatch) -> dict[str, torch.Tensor]:
         """Per-modality patch features ``{name: [N, g, g, C]}``."""
@@ -213,24 +182,16 @@ class RGBDMethod(AnomalyMethod):
             elif m == "rgb":
                 out[m] = self._encode(batch.rgb)
             elif m == "depth":
-                d = np.stack([depth_image(x.numpy()) for x in batch.xyz]) if len(batch) else np.zeros((0, 1, 1, 3))
-                out[m] = self._encode(torch.from_numpy(d).permute(0, 3, 1, 2).float() / 255.0)
+                out[m] = self._encode(depth_images(batch))
         return out
 
     def _normalised(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-modality normalised, weighted features ``{m: [N * g * g, C_m]}``."""
-        out = {}
-        for m in self.modalities:
-            f = feats[m].reshape(-1, feats[m].shape[-1]).float()
-            out[m] = (f - self.stats[f"mean.{m}"]) / self.stats[f"scale.{m}"] * self.weights[m]
-        return out
+        return normalised(feats, self.stats, self.weights, self.modalities)
 
     def _fuse(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Bank/query features: ``{"fused": concatenation}`` or one entry per modality (``fusion="scores"``)."""
-        norm = self._normalised(feats)
-        if self.opts["fusion"] == "scores" and len(norm) > 1:
-            return norm
-        return {"fused": torch.cat([norm[m] for m in self.modalities], dim=1)}
+        return fuse(self._normalised(feats), self.opts["fusion"], self.modalities)
 
     @property
     def memory(self) -> torch.Tensor | None:
@@ -252,16 +213,7 @@ class RGBDMethod(AnomalyMethod):
         if n_images == 0:
             raise ValueError(f"{self.name}: needs at least one normal reference (K >= 1); it has no zero-shot mode")
         cat = {m: torch.cat(v) for m, v in feats.items()}
-        self.stats = {}
-        for m, f in cat.items():
-            mean, scale = torch.zeros(f.shape[1]), torch.tensor(1.0)
-            if self.opts["fusion_norm"] != "none":
-                mean = f.mean(0)
-                scale = ((f - mean).pow(2).sum(1).mean()).sqrt().clamp_min(1e-8)
-            if self.opts["fusion_norm"] in ("nn", "nnmean") and n_images >= 2:
-                red = "max" if self.opts["fusion_norm"] == "nn" else "mean"
-                scale = _loo_nn_distance((f - mean).reshape(n_images, -1, f.shape[1]), red)
-            self.stats[f"mean.{m}"], self.stats[f"scale.{m}"] = mean, scale.reshape(())
+        self.stats = fit_normalisation(cat, n_images, self.opts["fusion_norm"])
         self.banks = {}
         for key, bank in self._fuse(cat).items():
             if n_images > int(self.opts["coreset_above"]) and float(self.opts["coreset_ratio"]) < 1.0:
@@ -279,14 +231,8 @@ class RGBDMethod(AnomalyMethod):
         ``sqrt(sum_m d_m^2)``, the distance concatenation would give if the nearest neighbours
         of the modalities could come from different reference patches.
         """
-        total = None
-        for key, q in self._fuse(self.modality_features(batch)).items():
-            bank = self.banks[key]
-            dist, _ = knn_search(q, bank, k=min(int(self.opts["k"]), bank.shape[0]), metric="l2")
-            d2 = dist.mean(1).pow(2)
-            total = d2 if total is None else total + d2
-        assert total is not None
-        return total.sqrt().reshape(len(batch), self.grid, self.grid)
+        d = fused_distance(self._fuse(self.modality_features(batch)), self.banks, int(self.opts["k"]))
+        return d.reshape(len(batch), self.grid, self.grid)
 
     def predict(self, batches: RGBDBatch | Iterable[RGBDBatch]) -> AnomalyResult:
         """Scores ``[N]`` and maps ``[N, S, S]`` for RGB-D batches."""
@@ -364,3 +310,8 @@ class DepthOnly(RGBDMethod):
     """Depth map rendered as a 3-channel image through the 2D encoder (BTF's "Depth iNet")."""
 
     modalities = ("depth",)
+
+
+__all__ = ["BTF", "DEFAULTS", "DEFAULT_SIZE", "DepthOnly", "FPFHOnly", "FUSION_NORMS", "NN_SCALE_IMAGES", "OPTIONS",
+           "PREFERRED_ENCODERS", "RGBDMethod", "RGBOnly", "_FPFH_MEMO", "_FPFH_MEMO_MAX", "_loo_nn_distance",
+           "select_encoder_name"]

@@ -1,8 +1,13 @@
-"""Registry of dataset readers: ``load_dataset(kind, root, categories)``."""
+"""Registry of dataset readers: ``load_dataset(kind, root, categories)``.
+
+Kinds are found through the catalogue (``fsiad.fewshot.registry``, kind ``dataset``: built-in
+readers, ``mvtec3d`` from ``fsiad.pointcloud``, plugins' ``dataset.<kind>`` entry points);
+the reader's module is imported on first use. ``register_dataset`` still registers a reader
+at run time.
+"""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,8 +15,6 @@ from fsiad.fewshot.data.base import Category, DatasetError
 
 Loader = Callable[[Path | None, list[str] | None], list[Category]]
 _LOADERS: dict[str, Loader] = {}
-# Kinds registered by other packages on import: kind -> package imported on first use.
-_PLUGIN_KINDS = {"mvtec3d": "pointcloud"}
 
 
 def register_dataset(kind: str, loader: Loader) -> Loader:
@@ -21,8 +24,10 @@ def register_dataset(kind: str, loader: Loader) -> Loader:
 
 
 def dataset_kinds() -> list[str]:
-    """Names of the registered dataset kinds."""
-    return sorted(set(_LOADERS) | set(_PLUGIN_KINDS))
+    """Names of the dataset kinds: the catalogue's and those registered at run time."""
+    from fsiad.fewshot import registry
+
+    return sorted(set(_LOADERS) | set(registry.names("dataset")))
 
 
 def load_dataset(kind: str, root: str | Path | None, categories: list[str] | None = None) -> list[Category]:
@@ -36,13 +41,8 @@ def load_dataset(kind: str, root: str | Path | None, categories: list[str] | Non
     Raises:
         DatasetError: unknown kind, missing/empty root, unknown category, bad layout.
     """
-    if kind not in _LOADERS and kind in _PLUGIN_KINDS:
-        try:
-            importlib.import_module(_PLUGIN_KINDS[kind])
-        except ImportError as exc:
-            raise DatasetError(
-                f"dataset kind {kind!r} needs package {_PLUGIN_KINDS[kind]!r}: {exc}"
-            ) from None
+    if kind not in _LOADERS:
+        _load_from_catalogue(kind)
     if kind not in _LOADERS:
         raise DatasetError(f"unknown dataset kind {kind!r}; available: {', '.join(dataset_kinds())}")
     if categories is not None:
@@ -50,6 +50,21 @@ def load_dataset(kind: str, root: str | Path | None, categories: list[str] | Non
         if len(set(categories)) != len(categories):
             raise DatasetError(f"duplicate categories in {categories}")
     return _LOADERS[kind](Path(root).expanduser() if root is not None else None, categories or None)
+
+
+def _load_from_catalogue(kind: str) -> None:
+    """Import the reader of ``kind`` named by the catalogue and register it (no-op if unknown)."""
+    from fsiad.fewshot import registry
+
+    entry = registry.entry("dataset", kind)
+    if entry is None:
+        return
+    try:
+        loader = registry.load("dataset", kind)
+    except ImportError as exc:
+        raise DatasetError(f"dataset kind {kind!r} needs module {entry.module!r}: {exc}") from None
+    if kind not in _LOADERS and callable(loader):
+        register_dataset(kind, loader)
 
 
 def select_categories(root: Path, available: list[str], wanted: list[str] | None) -> list[str]:

@@ -1,6 +1,9 @@
 """Encoder registry: names -> (factory, weight spec, description).
 
-An encoder module registers itself at import time (no weight lookup, no network)::
+Names are found through the catalogue (``fsiad.fewshot.registry``, kind ``encoder``): it says
+which module defines an encoder, and ``get_entry`` imports that module on first use (plugins
+add encoders with ``fsiad.plugins`` entry points named ``encoder.<name>``). An encoder module
+registers itself at import time (no weight lookup, no network)::
 
     register_encoder("dinov2_vits14", _make_vits14, spec, "DINOv2 ViT-S/14 (Meta)")
 
@@ -48,17 +51,42 @@ def register_encoder(name: str, factory: EncoderFactory, spec: WeightSpec, descr
 
 
 def encoder_names() -> list[str]:
-    """Sorted names of every registered encoder."""
+    """Sorted names of every encoder: the catalogue's (minus those whose module failed to
+    import, see ``fsiad.fewshot.encoders.IMPORT_ERRORS``) and those registered at run time."""
+    from fsiad.fewshot import registry
+
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    failed = _failed_modules()
+    listed = {n for n, e in registry.entries("encoder").items() if e.module not in failed}
+    return sorted(listed | set(_REGISTRY))
 
 
 def get_entry(name: str) -> EncoderEntry:
-    """The registry entry of ``name``; unknown names raise a ``ValueError`` listing the known ones."""
-    _ensure_loaded()
+    """The registry entry of ``name``, importing its module (from the catalogue) if needed.
+
+    Raises:
+        ValueError: unknown name (listing the known ones), or its module cannot be imported.
+    """
+    from fsiad.fewshot import registry
+
     if name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(sorted(_REGISTRY))}")
+        entry = registry.entry("encoder", name)
+        if entry is not None:
+            try:
+                registry.load("encoder", name)
+            except ImportError as exc:
+                raise ValueError(f"encoder {name!r} cannot be loaded from {entry.module}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(encoder_names())}")
     return _REGISTRY[name]
+
+
+def _failed_modules() -> set[str]:
+    import sys
+
+    errors = getattr(sys.modules.get("fsiad.fewshot.encoders"), "IMPORT_ERRORS", {})
+    return {f"fsiad.fewshot.encoders.{m}" for m in errors}
 
 
 def create_encoder(name: str, *, weights: str | Path | None = None, device: str = "cpu",
