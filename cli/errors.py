@@ -82,7 +82,10 @@ def run_app(app: click.Group, argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         rv = app.main(args=argv, prog_name="fsiad", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            click.echo("interrupted; finished outputs are kept (a rerun with the same --out resumes)", err=True)
+            return 130
         click.echo("Aborted.", err=True)
         return EXIT_USER
     except click.ClickException as exc:

@@ -67,7 +67,7 @@ def _cases(f: dict[str, Path]) -> dict[str, tuple[list, str]]:
         "inspect-missing-sample": (["inspect", f["root"] / "nope.png", "--normal", f["good"], "--out", out], "nope.png"),
         "models-unknown": (["models", "no_such_encoder"], "no_such_encoder"),
         "methods-unknown": (["methods", "no_such_method"], "no_such_method"),
-        "eval-unknown-dataset": (["eval", "--method", "knn", "--dataset", "nosuch", "--root", f["root"],
+        "eval-unknown-dataset": (["eval", "--method", "knn", "--dataset", "nosuch", "--root", f["good"],
                                   "--out", out], "nosuch"),
         "score-out-is-a-file": (["score", "--shots", 2, "--normal", f["good"], "--out", f["afile"], f["good"]],
                                 "afile"),

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,20 @@ class Results:
     def threshold(self) -> float | None:
         return self.calibration.threshold
 
+    def __iter__(self) -> Iterator[Prediction]:
+        return iter(self.predictions)
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return self.predictions[i]
+
+    @property
+    def flagged(self) -> list[Prediction]:
+        """Predictions decided ``anomalous``, highest score first."""
+        return sorted((p for p in self.predictions if p.decision == "anomalous"), key=lambda p: -p.score)
+
     @property
     def scores(self) -> list[float]:
         return [p.score for p in self.predictions]
@@ -128,6 +142,15 @@ class Results:
         if not self.predictions and self.errors:
             where = f"; see {self.out / 'errors.csv'}" if self.out else ""
             raise DatasetError(f"none of the {len(self.errors)} target(s) could be read{where}")
+
+
+def as_targets(targets: PathLike | Sample | Sequence[PathLike | Sample] | None) -> list[Any]:
+    """One path (``str`` / ``Path``) or sample, or a sequence of them -> a list."""
+    if targets is None:
+        return []
+    if isinstance(targets, (str, Path, Sample)):
+        return [targets]
+    return list(targets)
 
 
 def resolve_targets(method_cls: type, targets: Sequence[PathLike | Sample] = (), labels: PathLike | None = None,
@@ -141,7 +164,7 @@ def resolve_targets(method_cls: type, targets: Sequence[PathLike | Sample] = (),
     from fsiad.fewshot.workflow.demo import demo_targets, load_demo
     from fsiad.fewshot.workflow.targets import collect_samples, read_labels_csv
 
-    targets = list(targets)
+    targets = as_targets(targets)
     if demo is not None:
         if targets:
             raise OptionError("--demo picks its own targets; do not pass TARGET paths with it")
@@ -247,6 +270,7 @@ class FittedModel:
             OutputOverlapError, OutputLockedError, OutputExistsError, DatasetError, OptionError.
         """
         t0 = time.perf_counter()
+        targets = as_targets(targets)
         inputs = [*[t for t in targets if not isinstance(t, Sample)], labels, self.info.get("model")]
         if out is not None:
             check_output(out, inputs)
@@ -427,6 +451,7 @@ class InspectionSession:
         cls = self.method_class()
         demo_cat = _demo(demo)
         rule = self.rule()
+        targets = as_targets(targets)
         check_shots(cls, self.shots)
         if out is not None:
             check_output(out, [normal, *[t for t in targets if not isinstance(t, Sample)], labels])
