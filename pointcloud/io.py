@@ -51,12 +51,22 @@ def clean_organized(xyz: np.ndarray, source: str | Path = "<array>", min_points:
 
 
 def read_xyz_tiff(path: str | Path, min_points: int = 1) -> np.ndarray:
-    """Read an organized point cloud TIFF (``HxWx3`` float) -> float32 ``[H, W, 3]``, zeros = missing."""
+    """Read an organized point cloud TIFF (``HxWx3`` float) -> float32 ``[H, W, 3]``, zeros = missing.
+
+    The grid size declared in the header is checked against ``max_image_pixels()`` (default
+    64 MP, ``FSIAD_MAX_IMAGE_PIXELS``) before anything is decoded.
+    """
     import tifffile
 
     path = Path(path)
     if not path.is_file():
         raise PointCloudError(f"{path}: point-cloud file not found")
+    from fsiad.fewshot.data.io import check_tiff_size
+
+    try:  # header size first: a TIFF declaring a huge grid is refused before decoding
+        check_tiff_size(path, what="point-cloud TIFF")
+    except DatasetError as exc:
+        raise PointCloudError(str(exc)) from None
     try:
         arr = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types for corrupt files

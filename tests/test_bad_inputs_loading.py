@@ -414,3 +414,133 @@ def test_pointcloud_cleaning_cache_is_not_unpickled(tmp_path, monkeypatch, paylo
     again = cleaning.cleaned_cloud(xyz, source="a")  # unreadable entry: recomputed
     assert np.array_equal(first, again) and not payload["marker"].exists()
     assert os.path.getsize(entries[0]) > 0
+
+
+# -- 2. decompression bombs -------------------------------------------------------------------
+def _png_declaring(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header declares ``width x height`` RGB pixels (its data would inflate to GBs)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" + b"\0" * (3 * width)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(64)) + comp.flush()  # the first rows only: still tiny
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_bomb_png_refused_from_its_header(tmp_path, monkeypatch):
+    from fsiad.fewshot.data.base import DatasetError
+    from fsiad.fewshot.data.io import read_image, read_mask
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 25000, 25000)
+    assert bomb.stat().st_size < 700_000
+    with pytest.raises(DatasetError, match=r"bomb.png: image declares 625.0 MP, above the 64 MP limit"):
+        read_image(bomb)  # beyond PIL's own guard (~179 MP): refused at open, same one-line message
+    with pytest.raises(DatasetError, match="bomb.png: mask declares 625.0 MP"):
+        read_mask(bomb)
+    bomb = _png_declaring(tmp_path / "bomb2.png", 10000, 10000)  # below PIL's guard: our header check
+    with pytest.raises(DatasetError, match=r"bomb2.png: image is 10000x10000 \(100.0 MP\), above the 64 MP limit"):
+        read_image(bomb)
+    small = tmp_path / "small.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(small)
+    monkeypatch.setenv("FSIAD_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(DatasetError, match=r"40x40 .*above the 0.001 MP limit"):
+        read_image(small)
+    monkeypatch.setenv("FSIAD_MAX_IMAGE_PIXELS", "2e3")
+    assert read_image(small).shape == (40, 40, 3)
+    from fsiad.fewshot.errors import OptionError
+
+    monkeypatch.setenv("FSIAD_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(OptionError, match="FSIAD_MAX_IMAGE_PIXELS"):
+        read_image(small)
+
+
+def test_bomb_target_goes_to_errors_csv_and_the_run_goes_on(tree, tmp_path):
+    import csv
+    import shutil
+
+    targets = tmp_path / "targets"
+    shutil.copytree(tree["targets"] / "good", targets)
+    _png_declaring(targets / "zz_bomb.png", 25000, 25000)
+    r = run_cli("score", "--method", "wf_pixdiff", "--shots", 2, "--normal", tree["normal"], "--out", tmp_path / "o",
+                "-q", targets)
+    assert r.exit_code == 0, r.output
+    with (tmp_path / "o" / "scores.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    errors = (tmp_path / "o" / "errors.csv").read_text()
+    assert "zz_bomb.png" in errors and "625.0 MP" in errors and "limit" in errors
+
+
+def test_tiff_and_point_cloud_tiff_sizes_checked_before_decoding(tmp_path, monkeypatch):
+    import numpy as np
+    import tifffile
+    from fsiad.fewshot.data.base import DatasetError
+    from fsiad.fewshot.data.io import read_image
+    from fsiad.pointcloud.io import PointCloudError, read_xyz_tiff
+
+    tifffile.imwrite(tmp_path / "a.tiff", np.zeros((30, 20, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "xyz.tiff", np.ones((30, 20, 3), np.float32))
+    monkeypatch.setenv("FSIAD_MAX_IMAGE_PIXELS", "500")
+    with pytest.raises(DatasetError, match=r"a.tiff: image is 20x30"):
+        read_image(tmp_path / "a.tiff")
+    with pytest.raises(PointCloudError, match=r"xyz.tiff: point-cloud TIFF is 20x30"):
+        read_xyz_tiff(tmp_path / "xyz.tiff")
+    monkeypatch.setenv("FSIAD_MAX_IMAGE_PIXELS", "600")
+    assert read_xyz_tiff(tmp_path / "xyz.tiff").shape == (30, 20, 3)
+
+
+def test_large_allowed_image_is_decoded_reduced(tmp_path):
+    import numpy as np
+    from fsiad.fewshot.data import io
+    from PIL import Image
+
+    w, h = 4800, 4000  # 19.2 MP > DECODE_PIXELS: reduced by 2 while decoding
+    assert io.reduce_factor(w, h) == 2
+    x = np.linspace(0, 255, w, dtype=np.float32)
+    img = np.broadcast_to(x[None, :, None], (h, w, 3)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(img).save(tmp_path / "big.png")
+    del img
+    for name in ("big.jpg", "big.png"):
+        out = io.read_image(tmp_path / name)
+        assert out.shape == (2000, 2400, 3), name
+        expected = x.reshape(-1, 2).mean(1)
+        assert np.abs(out[1000, :, 0].astype(np.float32) - expected).max() <= 3, name
+
+
+def test_reduced_image_and_mask_keep_matching_geometry(tmp_path, monkeypatch):
+    import numpy as np
+    from fsiad.fewshot.data import io
+    from fsiad.fewshot.data.base import Sample
+    from PIL import Image
+
+    monkeypatch.setattr(io, "DECODE_PIXELS", 10_000)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (200, 301, 3), dtype=np.uint8)
+    mask = np.zeros((200, 301), np.uint8)
+    mask[101, 299] = 255  # one defect pixel in a partial edge block
+    Image.fromarray(img).save(tmp_path / "i.png")
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    f = io.reduce_factor(301, 200)
+    assert f == 3
+    got_img, got_mask = io.load_sample(Sample(tmp_path / "i.png", 1, mask_path=tmp_path / "m.png"))
+    assert got_img.shape == (67, 101, 3) and got_mask.shape == (67, 101)
+    assert got_mask.sum() == 1 and got_mask[101 // 3, 299 // 3]
+    ref = img[:3, :3].reshape(-1, 3).mean(0)
+    assert np.abs(got_img[0, 0].astype(float) - ref).max() <= 1
+    # the header size of the image is still a valid expectation for the mask (evaluation harness)
+    assert io.read_mask(tmp_path / "m.png", expected_hw=(200, 301)).shape == (67, 101)
+    # 16-bit and TIFF images take the same reduction
+    Image.fromarray(img[..., 0].astype(np.uint16) * 257).save(tmp_path / "d.png")
+    assert io.read_image(tmp_path / "d.png").shape == (67, 101, 3)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "t.tiff", img)
+    assert io.read_image(tmp_path / "t.tiff").shape == (67, 101, 3)
