@@ -5,10 +5,10 @@ Parsing only: the work is ``fsiad.fewshot.workflow.session.FittedModel.predict``
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+from fsiad.cli.options import run_info
 from fsiad.cli.workflow_options import log, print_results, target_options
 from fsiad.fewshot.workflow.demo import DEMOS
 
@@ -31,5 +31,5 @@ def predict(targets: tuple[Path, ...], out: Path, labels: Path | None, demo_size
 
     model = FittedModel.load(model_dir, threshold=threshold, device=device, batch_size=batch_size, weights=weights)
     results = model.predict(targets, out=out, labels=labels, demo=demo, demo_size=demo_size, chunk_size=chunk_size,
-                            overwrite=overwrite, progress=not quiet, log=log, run_info={"argv": sys.argv[1:]})
+                            overwrite=overwrite, progress=not quiet, log=log, run_info=run_info())
     print_results(results)

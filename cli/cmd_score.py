@@ -5,11 +5,11 @@ Parsing only: the work is ``fsiad.fewshot.workflow.session.InspectionSession.sco
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from fsiad.cli.options import run_info
 from fsiad.cli.workflow_options import print_results, reference_options, session_from, target_options
 
 
@@ -38,5 +38,5 @@ def score(targets: tuple[Path, ...], out: Path, normal: Path | None, demo: str |
     """
     session = session_from(kwargs, quiet)
     results = session.score(targets, normal=normal, demo=demo, out=out, labels=labels, demo_size=demo_size,
-                            chunk_size=chunk_size, overwrite=overwrite, run_info={"argv": sys.argv[1:]})
+                            chunk_size=chunk_size, overwrite=overwrite, run_info=run_info())
     print_results(results)

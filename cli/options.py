@@ -120,7 +120,11 @@ def read_config_file(path: str, command: click.Command) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise OptionError(f"--config {path}: not valid YAML/JSON{where}") from None
-    if isinstance(data, dict) and isinstance(data.get(CONFIG_KEY), dict):
+    if isinstance(data, dict) and isinstance(data.get("settings"), dict) and CONFIG_KEY in data["settings"]:
+        data = data["settings"]  # a run.json: its settings hold the command's configuration
+    if isinstance(data, dict) and CONFIG_KEY in data:
+        if not isinstance(data[CONFIG_KEY], dict):
+            raise OptionError(f"--config {path}: this run.json records no command-line configuration")
         data = data[CONFIG_KEY]
     if data is None:
         data = {}
@@ -183,3 +187,12 @@ def add_config_options(cmd: click.Command) -> click.Command:
     cmd.callback = callback
     cmd._fsiad_config = True  # type: ignore[attr-defined]
     return cmd
+
+
+def run_info() -> dict[str, Any]:
+    """What a command records about its own invocation in ``run.json``: the argument list and
+    the effective configuration (``--config run.json`` repeats the run)."""
+    import sys
+
+    ctx = click.get_current_context(silent=True)
+    return {"argv": sys.argv[1:], CONFIG_KEY: (ctx.meta.get(CONFIG_KEY) if ctx is not None else None)}
