@@ -381,7 +381,7 @@ class _Bars:
 
     def __init__(self, total_runs: int, enabled: bool) -> None:
         self.enabled = enabled and total_runs > 0
-        tty = sys.stderr.isatty()
+        tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.interval = 0.1 if tty else 5.0
         self.phases = self.enabled and tty
         self.runs = tqdm(total=total_runs, unit="run", desc="eval", file=sys.stderr, disable=not self.enabled,
