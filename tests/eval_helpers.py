@@ -11,15 +11,24 @@ from fsiad.fewshot.methods.color_gaussian import ColorGaussian
 
 
 class AnyShotColor(ColorGaussian):
-    """Few-shot colour baseline that declares its zero-shot mode (K = 0 allowed)."""
+    """Few-shot colour baseline that declares its zero-shot mode (K = 0 allowed), as
+    ``color_gaussian`` itself does."""
 
     name = "t_color_any"
     zero_shot_capable = True
 
 
+class FewShotColor(ColorGaussian):
+    """The colour baseline as a strict few-shot method (K = 0 refused)."""
+
+    name = "t_color_few"
+    zero_shot_capable = False
+
+
 class FullDataColor(ColorGaussian):
     name = "t_color_full"
     regime = "full-data"
+    zero_shot_capable = False
 
 
 class ZeroShotColor(ColorGaussian):
@@ -33,7 +42,7 @@ class TransductiveColor(ColorGaussian):
     transductive = True
 
 
-EVAL_METHODS = (AnyShotColor, FullDataColor, ZeroShotColor, TransductiveColor)
+EVAL_METHODS = (AnyShotColor, FewShotColor, FullDataColor, ZeroShotColor, TransductiveColor)
 
 
 def register_eval_methods(monkeypatch) -> None:

@@ -69,6 +69,10 @@ def _cases(f: dict[str, Path]) -> dict[str, tuple[list, str]]:
         "methods-unknown": (["methods", "no_such_method"], "no_such_method"),
         "eval-unknown-dataset": (["eval", "--method", "knn", "--dataset", "nosuch", "--root", f["good"],
                                   "--out", out], "nosuch"),
+        "score-maeday-with-shots": (["score", "--method", "maeday", "--shots", 2, "--normal", f["good"], "--out", out,
+                                     f["good"]], "zero-shot only"),
+        "eval-maeday-with-shots": (["eval", "--method", "maeday", "--dataset", "textile", "--shots", 2, "--out", out],
+                                   "zero-shot only"),
         "score-out-is-a-file": (["score", "--shots", 2, "--normal", f["good"], "--out", f["afile"], f["good"]],
                                 "afile"),
     }

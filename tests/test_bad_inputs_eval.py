@@ -194,8 +194,8 @@ def test_builtin_defaults_follow_the_regime():
 
 
 @pytest.mark.parametrize(("method", "shots", "needles"), [
-    ("color_gaussian", "0", ("--shots 0", "few-shot", "1,2,4,8")),
-    ("color_gaussian", "0,2", ("--shots 0", "few-shot")),
+    ("t_color_few", "0", ("--shots 0", "few-shot", "1,2,4,8")),
+    ("t_color_few", "0,2", ("--shots 0", "few-shot")),
     ("t_color_full", "0", ("--shots 0", "full-data", "all")),
     ("patchcore", "0", ("--shots 0", "full-data")),  # refused before any weights are looked for
     ("knn", "0", ("--shots 0", "few-shot")),

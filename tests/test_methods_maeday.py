@@ -113,7 +113,7 @@ def test_tiny_model_maps_are_deterministic_batch_independent_and_save_load(tmp_p
 
 def test_fit_with_references_and_bad_options_fail_clearly():
     m = _tiny()
-    with pytest.raises(NotImplementedError, match="zero-shot only"):
+    with pytest.raises(OptionError, match="zero-shot only"):
         m.fit(torch.rand(1, 3, 64, 64))
     with pytest.raises(OptionError, match="unknown option"):
         _tiny(n_mask=3)

@@ -28,6 +28,7 @@ from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.evaluation.results import ResultsStore, shots_key
 from fsiad.fewshot.fileio import OutputLock, check_out_not_input
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, create_method, method_class
+from fsiad.fewshot.methods.regime import check_shots as regime_check
 from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 from PIL import Image
 from tqdm import tqdm
@@ -182,24 +183,20 @@ def default_shots(method: str) -> list[int | str]:
 
 
 def check_shots(method: str, shots: Sequence[int | str]) -> None:
-    """Refuse shot settings the method cannot run, before any run starts.
-
-    Few-shot and full-data methods need references (``0`` refused unless the class sets
-    ``zero_shot_capable = True``); transductive zero-shot methods take none (``K > 0`` refused).
+    """Refuse shot settings the method cannot run, before any run starts (the one rule of
+    ``fsiad.fewshot.methods.regime``, applied to each count; ``all`` always has references).
 
     Raises:
         OptionError: names the method, its regime and the settings it accepts.
     """
     cls = method_class(method)
-    regime = "zero-shot-transductive" if cls.transductive else cls.regime
     default = ",".join(map(str, default_shots(method)))
-    if cls.transductive and any(k != 0 for k in shots):
-        raise OptionError(f"--shots {','.join(map(str, shots))}: {method} is a {regime} method and takes no "
-                          f"normal references; use --shots 0 (its default)")
-    needs_refs = regime in ("few-shot", "full-data") and not getattr(cls, "zero_shot_capable", False)
-    if needs_refs and 0 in shots:
-        raise OptionError(f"--shots 0: {method} is a {regime} method and needs normal references; "
-                          f"use --shots {default} (its default) or counts >= 1")
+    for k in shots:
+        if k == ALL:
+            if cls.transductive:
+                regime_check(cls, 1, default)  # refused: a transductive method takes no references
+            continue
+        regime_check(cls, int(k), default)
 
 
 def check_pools(categories: Sequence[Category], shots: Sequence[int | str]) -> None:

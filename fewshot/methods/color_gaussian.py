@@ -27,6 +27,8 @@ class ColorGaussian(AnomalyMethod):
     """
 
     regime = "few-shot"
+    #: Without references it scores each image against its own colour statistics (K = 0).
+    zero_shot_capable = True
     options = (
         Option("eps", "float", 1e-4, "covariance ridge in [0, 1] colour units", ge=0),
         Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),

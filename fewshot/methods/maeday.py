@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.features import encoder_from_config
@@ -100,7 +101,7 @@ class MAEDAY(AnomalyMethod):
 
     Zero-shot only: ``fit`` accepts no reference images. MAEDAY's few-shot variant (LoRA
     fine-tuning of the MAE on the K normal images, optionally ensembled with PatchCore) is not
-    implemented and ``fit`` with images raises ``NotImplementedError``. The paper's exact
+    implemented and ``--shots K > 0`` / ``fit`` with images raise ``OptionError``. The paper's exact
     image-score rule and blur are not published in code; the choices above are fsiad's.
 
     Options: ``n_masks`` 32, ``keep_ratio`` 0.25, ``seed`` 0, ``sigma`` 4, ``topk`` 0.01,
@@ -109,6 +110,8 @@ class MAEDAY(AnomalyMethod):
     """
 
     regime = "zero-shot"
+    #: The few-shot variant (LoRA fine-tuning) is not implemented: K > 0 is refused up front.
+    max_references = 0
     options = OPTIONS
 
     def __init__(self, config: MethodConfig | None = None) -> None:
@@ -143,7 +146,7 @@ class MAEDAY(AnomalyMethod):
     def _fit(self, images: Images) -> None:
         for batch in iter_batches(images, self.config.batch_size):
             if batch.shape[0]:
-                raise NotImplementedError(
+                raise OptionError(
                     "maeday: zero-shot only in fsiad (few-shot MAEDAY = LoRA fine-tuning on the normal images is "
                     "not implemented); fit() without reference images (shots 0)")
 

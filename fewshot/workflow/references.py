@@ -1,9 +1,7 @@
-"""Normal references: the ONE shots-versus-regime rule and the seeded draw of K references.
+"""Normal references: the seeded draw of K references.
 
-Rule (``check_shots``): zero-shot methods take K >= 0 references, few-shot and full-data
-methods need K >= 1, transductive methods take none (K = 0: they score the set of targets).
-Leave-one-out calibration (``thresholds.py``) needs one reference more than a fit does
-(``min_references(cls) + 1``).
+The shots-versus-regime rule (``check_shots``, ``min_references``) lives in
+``fsiad.fewshot.methods.regime`` (shared with the evaluation harness) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -14,27 +12,9 @@ from typing import Any
 
 from fsiad.fewshot.data.base import DatasetError, Sample
 from fsiad.fewshot.errors import OptionError
+from fsiad.fewshot.methods.regime import check_shots, min_references
 
-
-def min_references(method_cls: type) -> int:
-    """Fewest references a fit of ``method_cls`` needs: 0 for zero-shot regimes, else 1."""
-    return 0 if str(method_cls.regime).startswith("zero-shot") else 1
-
-
-def check_shots(method_cls: type, shots: int) -> None:
-    """Refuse a number of shots the method's regime cannot use.
-
-    Raises:
-        OptionError: negative K, K > 0 for a transductive method, K below ``min_references``.
-    """
-    name, regime = method_cls.name, method_cls.regime
-    if shots < 0:
-        raise OptionError(f"--shots {shots}: must be >= 0")
-    if method_cls.transductive and shots > 0:
-        raise OptionError(f"--shots {shots}: {name} is {regime} (it uses no references); use --shots 0")
-    if shots < min_references(method_cls):
-        raise OptionError(f"--shots {shots}: {name} is a {regime} method and needs K >= "
-                          f"{min_references(method_cls)} references")
+__all__ = ["check_shots", "min_references", "select_references"]
 
 
 def select_references(method_cls: type, shots: int, seed: int = 0, normal: str | Path | None = None,
