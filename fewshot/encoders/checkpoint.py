@@ -11,6 +11,7 @@ deserialiser does not execute Python; no file-name heuristic decides how a file 
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,9 +28,19 @@ class WeightsFileError(FsiadError, ValueError):
     """A weight file that cannot be read or does not hold a state dict of tensors (names the file)."""
 
 
-def _refused(path: Path, exc: BaseException) -> bool:
-    """True when ``torch.load(weights_only=True)`` refused the file's Python objects."""
-    return type(exc).__name__ == "UnpicklingError" or "weights_only" in str(exc).split("\n", 1)[0]
+def is_refusal(exc: BaseException) -> bool:
+    """True when ``torch.load(weights_only=True)`` refused Python objects (globals/classes) in the file."""
+    text = str(exc)
+    return "Weights only load failed" in text and ("Unsupported global" in text or "Unsupported class" in text)
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The informative line of a torch/safetensors load failure (torch's weights-only error is long)."""
+    text = str(exc)
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)\s*$", text, re.MULTILINE | re.DOTALL)
+    if "Weights only load failed" in text and m:
+        return f"not a torch state dict ({' '.join(m.group(1).split())[:120]})"
+    return f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0]}"
 
 
 def unsafe_message(path: str | Path) -> str:
@@ -94,10 +105,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure: name the file
-        if _refused(path, exc):
+        if is_refusal(exc):
             raise UnsafeFileError(unsafe_message(path)) from None
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise WeightsFileError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from None
+        raise WeightsFileError(f"{path}: cannot read weights ({_load_failure(exc)})") from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]

@@ -185,7 +185,9 @@ def _read_state(directory: Path, meta: dict[str, Any], meta_path: Path) -> dict[
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - corrupt, truncated or crafted: one line, nothing ran
-            if type(e).__name__ == "UnpicklingError" or "weights_only" in _first_line(e):
+            from fsiad.fewshot.encoders.checkpoint import is_refusal
+
+            if is_refusal(e):
                 raise UnsafeModelError(f"{path}: refused: holds Python objects beyond tensors (loading it could "
                                        "run code); refit the model with `fsiad fit`") from None
             raise ModelError(f"{path}: corrupt state file ({type(e).__name__}: {_first_line(e)}); "
