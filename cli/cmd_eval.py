@@ -45,7 +45,6 @@ def eval_command(method: str, dataset: str, root: Path | None, categories: str |
     from fsiad.fewshot.evaluation.results import render_markdown
     from fsiad.fewshot.methods import method_names
 
-    import_plugins()
     if method not in method_names():
         raise click.BadParameter(f"unknown method {method!r}; available: {', '.join(method_names())}",
                                  param_hint="--method")
@@ -74,11 +73,6 @@ def _run_lines(verbose: bool):
     from tqdm import tqdm
 
     return lambda line: tqdm.write(line, file=sys.stderr)
-
-
-def import_plugins() -> None:
-    """Register the optional branches (the point-cloud methods and the mvtec3d dataset)."""
-    import fsiad.pointcloud  # noqa: F401  (registers methods and datasets on import)
 
 
 commands = [eval_command]
