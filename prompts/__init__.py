@@ -4,9 +4,10 @@ from fsiad.prompts.loader import (
     ClassPrompts,
     PromptError,
     PromptSet,
+    check,
     default_prompts_path,
     load_prompts,
     validate,
 )
 
-__all__ = ["ClassPrompts", "PromptError", "PromptSet", "default_prompts_path", "load_prompts", "validate"]
+__all__ = ["ClassPrompts", "PromptError", "PromptSet", "check", "default_prompts_path", "load_prompts", "validate"]

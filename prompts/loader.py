@@ -4,10 +4,16 @@ File layout (see ``prompts/default.yaml``): top-level lists ``normal_states``,
 ``anomalous_states``, ``templates`` and an optional ``categories`` mapping of per-category
 overrides (``name``, ``extra_normal_states``, ``extra_anomalous_states``, ``normal_states``,
 ``anomalous_states``, ``templates``). Every state and template holds exactly one ``{}``.
+
+An entry repeated within one list is a warning, not an error: it is kept (and so counted twice
+in the prototype's mean), which reproduces published ensembles exactly (anomalib's WinCLIP
+list repeats ``"a jpeg corrupted photo of the {}."``). ``check`` returns errors and warnings,
+``PromptSet.duplicates`` holds the warnings of a loaded file.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +22,10 @@ import yaml
 from fsiad.fewshot.errors import FsiadError
 
 __all__ = [
-    "PromptError", "PromptSet", "ClassPrompts", "default_prompts_path", "validate", "load_prompts",
+    "PromptError", "PromptSet", "ClassPrompts", "default_prompts_path", "validate", "check", "check_text",
+    "load_prompts",
 ]
+log = logging.getLogger(__name__)
 
 LIST_KEYS = ("normal_states", "anomalous_states", "templates")
 CATEGORY_KEYS = ("name", "extra_normal_states", "extra_anomalous_states", *LIST_KEYS)
@@ -62,28 +70,35 @@ class PromptSet:
     templates: list[str]
     categories: dict[str, dict] = field(default_factory=dict)
     source: str = "<memory>"
+    #: ``file:line: message`` warnings of repeated entries (kept); empty for a clean file
+    duplicates: list[str] = field(default_factory=list)
 
     def class_name(self, category: str) -> str:
         """Alias of ``category`` (``name`` override) or the key with ``_`` replaced by spaces."""
         return str(self.categories.get(category, {}).get("name") or category.replace("_", " "))
 
-    def expand(self, category: str) -> ClassPrompts:
-        """All prompts of ``category``: ``template.format(state.format(name))`` state-major."""
+    def lists(self, category: str) -> tuple[list[str], list[str], list[str]]:
+        """``(normal_states, anomalous_states, templates)`` of ``category``, overrides applied."""
         over = self.categories.get(category, {})
-        name = self.class_name(category)
         normal = list(over.get("normal_states", self.normal_states)) + list(over.get("extra_normal_states", []))
         anomalous = list(over.get("anomalous_states", self.anomalous_states)) + list(
             over.get("extra_anomalous_states", []))
-        templates = list(over.get("templates", self.templates))
+        return normal, anomalous, list(over.get("templates", self.templates))
 
-        def compose(states: list[str]) -> list[str]:
-            return [t.replace("{}", s.replace("{}", name), 1) for s in states for t in templates]
+    def expand(self, category: str) -> ClassPrompts:
+        """All prompts of ``category``: ``template.format(state.format(name))`` state-major."""
+        name = self.class_name(category)
+        normal, anomalous, templates = self.lists(category)
+        return ClassPrompts(name, compose(normal, templates, name), compose(anomalous, templates, name))
 
-        return ClassPrompts(name, compose(normal), compose(anomalous))
+
+def compose(states: list[str], templates: list[str], name: str) -> list[str]:
+    """Prompts ``template.format(state.format(name))``, state-major (row ``i * len(templates) + j``)."""
+    return [t.replace("{}", s.replace("{}", name), 1) for s in states for t in templates]
 
 
 # -- validation ----------------------------------------------------------------------------
-def _check_list(node: yaml.Node, key: str, where: str, errs: list[str], loc) -> None:
+def _check_list(node: yaml.Node, key: str, where: str, errs: list[str], warns: list[str], loc) -> None:
     if not isinstance(node, yaml.SequenceNode):
         errs.append(f"{loc(node)}: '{key}'{where} must be a list of strings")
         return
@@ -102,7 +117,8 @@ def _check_list(node: yaml.Node, key: str, where: str, errs: list[str], loc) -> 
         elif len(fields) > 1:
             errs.append(f"{loc(item)}: {text!r} in '{key}'{where} has {len(fields)} placeholders (exactly one '{{}}' allowed)")
         if text in seen:
-            errs.append(f"{loc(item)}: {text!r} in '{key}'{where} duplicates line {seen[text]}")
+            warns.append(f"{loc(item)}: {text!r} in '{key}'{where} duplicates line {seen[text]} "
+                         f"(kept: its prompts count twice in the mean)")
         else:
             seen[text] = item.start_mark.line + 1
 
@@ -120,7 +136,19 @@ def _check_mapping(node: yaml.MappingNode, allowed: tuple[str, ...], where: str,
     return out
 
 
-def _validate_text(text: str, label: str) -> list[str]:
+def check_text(text: str, label: str) -> tuple[list[str], list[str]]:
+    """``(errors, warnings)`` of prompt-file text, each ``label:line: message``, sorted by line."""
+    errs: list[str] = []
+    warns: list[str] = []
+    errs += _validate_text(text, label, warns)
+
+    def line(e: str) -> int:
+        return int(e[len(label) + 1 :].split(":", 1)[0])
+
+    return sorted(errs, key=line), sorted(warns, key=line)
+
+
+def _validate_text(text: str, label: str, warns: list[str]) -> list[str]:
     def loc(node: yaml.Node | None) -> str:
         return f"{label}:{node.start_mark.line + 1}" if node is not None else f"{label}:1"
 
@@ -140,7 +168,7 @@ def _validate_text(text: str, label: str) -> list[str]:
         if key not in top:
             errs.append(f"{label}:1: missing required key '{key}'")
         else:
-            _check_list(top[key], key, "", errs, loc)
+            _check_list(top[key], key, "", errs, warns, loc)
     cats = top.get("categories")
     if cats is not None and not (isinstance(cats, yaml.ScalarNode) and cats.value in ("", "null", "~")):
         if not isinstance(cats, yaml.MappingNode):
@@ -159,18 +187,29 @@ def _validate_text(text: str, label: str) -> list[str]:
                         elif "{" in node.value or "}" in node.value:
                             errs.append(f"{loc(node)}: 'name'{where} must not contain braces")
                     else:
-                        _check_list(node, key, where, errs, loc)
-    return sorted(errs, key=lambda e: int(e[len(label) + 1 :].split(":", 1)[0]))
+                        _check_list(node, key, where, errs, warns, loc)
+    return errs
 
 
-def validate(path: str | Path) -> list[str]:
-    """Check a prompt file; returns ``"file:line: message"`` strings (empty list = valid)."""
+def check(path: str | Path) -> tuple[list[str], list[str]]:
+    """Check a prompt file: ``(errors, warnings)`` as ``"file:line: message"`` strings.
+
+    Warnings (repeated entries, kept) do not make the file invalid.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [f"{path}:1: cannot read prompt file: {exc}"]
-    return _validate_text(text, str(path))
+        return [f"{path}:1: cannot read prompt file: {exc}"], []
+    return check_text(text, str(path))
+
+
+def validate(path: str | Path) -> list[str]:
+    """Check a prompt file; returns its errors as ``"file:line: message"`` (empty list = valid).
+
+    Warnings (see ``check``) are not included.
+    """
+    return check(path)[0]
 
 
 def load_prompts(path: str | Path | None = None) -> PromptSet:
@@ -178,12 +217,18 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
 
     Raises:
         PromptError: the file is invalid (all problems listed with line numbers).
+
+    Repeated entries are kept; they are logged as one warning (logger ``fsiad.prompts.loader``)
+    and listed in ``PromptSet.duplicates``.
     """
     path = Path(path) if path is not None else default_prompts_path()
-    errs = validate(path)
+    errs, warns = check(path)
     if errs:
         raise PromptError(errs)
+    if warns:
+        log.warning("%s: %d repeated entr%s kept (%s)", path, len(warns), "y" if len(warns) == 1 else "ies",
+                    warns[0] if len(warns) == 1 else "see fsiad prompts validate")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     cats = {str(k): dict(v) for k, v in (data.get("categories") or {}).items()}
     return PromptSet(list(data["normal_states"]), list(data["anomalous_states"]), list(data["templates"]),
-                     cats, str(path))
+                     cats, str(path), warns)
