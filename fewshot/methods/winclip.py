@@ -85,6 +85,13 @@ def make_windows(grid: tuple[int, int], k: int) -> torch.Tensor:
     return F.unfold(idx, kernel_size=k, stride=1)[0].T.round().long()
 
 
+def text_prototypes(encoder: CLIPEncoder, prompts: ClassPrompts) -> torch.Tensor:
+    """``[2, D]`` L2-normalised [normal, anomalous] prototypes: the mean of each class's
+    unnormalised text embeddings (cached by the encoder), then normalised."""
+    protos = [encoder.text_embedding(p).mean(0) for p in (prompts.normal, prompts.anomalous)]
+    return F.normalize(torch.stack(protos), dim=-1)
+
+
 def five_crops(images: torch.Tensor, ratio: float) -> torch.Tensor:
     """Four corner crops and the centre crop of side ``round(ratio * S)``, resized back to S.
 
@@ -161,9 +168,7 @@ class WinCLIP(AnomalyMethod):
         return self.prompt_set.expand(self.config.class_name)
 
     def _compute_text_features(self) -> torch.Tensor:
-        cp = self.class_prompts()
-        protos = [self.encoder.text_embedding(p).mean(0) for p in (cp.normal, cp.anomalous)]
-        return F.normalize(torch.stack(protos), dim=-1)
+        return text_prototypes(self.encoder, self.class_prompts())
 
     def _class_scores(self, emb: torch.Tensor) -> torch.Tensor:
         """Anomalous probability ``[...]`` of embeddings ``[..., D]``."""
@@ -233,9 +238,20 @@ class WinCLIP(AnomalyMethod):
         return torch.stack(maps).mean(0).reshape(n, p)
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
+        return self.score_features(self._encode(images, crops=True))
+
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """What ``predict`` encodes per batch ``[N, 3, S, S]`` (text-independent; see ``_encode``)."""
+        return self._encode(images, crops=True)
+
+    def score_features(self, feats: list[torch.Tensor]) -> AnomalyResult:
+        """Score features from ``image_features`` with the current ``text_features`` (and memory).
+
+        ``predict`` is ``score_features(image_features(batch))`` per batch; prompt comparison
+        (``fsiad.fewshot.methods.winclip_prompts``) encodes once and swaps ``text_features``.
+        """
         if self.text_features is None:
             raise RuntimeError("winclip: text features missing; call fit() (zero-shot: fit() with no images)")
-        feats = self._encode(images, crops=True)
         img, patches, wins = feats[0], feats[1], feats[2 : 2 + len(self.scales)]
         crop_emb = feats[2 + len(self.scales)] if len(feats) > 2 + len(self.scales) else None
         score, grid_map = self._zero_shot(img, wins, crop_emb)
