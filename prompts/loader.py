@@ -105,8 +105,8 @@ def _check_list(node: yaml.Node, key: str, where: str, errs: list[str], warns: l
     if not node.value:
         errs.append(f"{loc(node)}: '{key}'{where} is an empty list")
         return
-    seen: dict[str, int] = {}
-    for item in node.value:
+    seen: dict[str, tuple[int, int]] = {}
+    for pos, item in enumerate(node.value, start=1):
         if not isinstance(item, yaml.ScalarNode) or item.tag != "tag:yaml.org,2002:str":
             errs.append(f"{loc(item)}: '{key}'{where} entries must be strings")
             continue
@@ -117,10 +117,11 @@ def _check_list(node: yaml.Node, key: str, where: str, errs: list[str], warns: l
         elif len(fields) > 1:
             errs.append(f"{loc(item)}: {text!r} in '{key}'{where} has {len(fields)} placeholders (exactly one '{{}}' allowed)")
         if text in seen:
-            warns.append(f"{loc(item)}: {text!r} in '{key}'{where} duplicates line {seen[text]} "
-                         f"(kept: its prompts count twice in the mean)")
+            first, line = seen[text]
+            warns.append(f"{loc(item)}: {text!r} (entry {pos} of '{key}'{where}) repeats entry {first} "
+                         f"(line {line}); kept: its prompts count twice in the mean")
         else:
-            seen[text] = item.start_mark.line + 1
+            seen[text] = (pos, item.start_mark.line + 1)
 
 
 def _check_mapping(node: yaml.MappingNode, allowed: tuple[str, ...], where: str, errs: list[str], loc) -> dict:
@@ -226,8 +227,8 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
     if errs:
         raise PromptError(errs)
     if warns:
-        log.warning("%s: %d repeated entr%s kept (%s)", path, len(warns), "y" if len(warns) == 1 else "ies",
-                    warns[0] if len(warns) == 1 else "see fsiad prompts validate")
+        log.warning("%s: %d repeated entr%s kept, each repeat counts again in the mean (fsiad prompts "
+                    "validate lists them)", path, len(warns), "y" if len(warns) == 1 else "ies")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     cats = {str(k): dict(v) for k, v in (data.get("categories") or {}).items()}
     return PromptSet(list(data["normal_states"]), list(data["anomalous_states"]), list(data["templates"]),

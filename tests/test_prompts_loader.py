@@ -62,7 +62,7 @@ def test_validate_reports_file_and_line(tmp_path):
     assert any(e.startswith(f"{p}:4:") and "empty list" in e for e in errs)
     assert not any("duplicates" in e for e in errs)
     (warning,) = check(p)[1]
-    assert warning.startswith(f"{p}:7:") and "duplicates line 6" in warning and "kept" in warning
+    assert warning.startswith(f"{p}:7:") and "repeats entry 1 (line 6)" in warning and "kept" in warning
     assert any(e.startswith(f"{p}:8:") and "2 placeholders" in e for e in errs)
     assert any(e.startswith(f"{p}:9:") and "unknown key 'colour'" in e for e in errs)
     assert any(e.startswith(f"{p}:12:") and "unknown key 'nmae'" in e and "screw" in e for e in errs)

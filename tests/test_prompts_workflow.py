@@ -244,6 +244,7 @@ def test_anomalib_ensemble_loads_with_a_warning_and_expands_to_147_84(tmp_path, 
     errors, warnings = check(p)
     assert errors == [] and len(warnings) == 1
     assert f"{p}:3:" in warnings[0] and "a jpeg corrupted photo of the {}." in warnings[0]
+    assert "entry 9 of 'templates') repeats entry 8" in warnings[0]
     with caplog.at_level(logging.WARNING, logger="fsiad.prompts.loader"):
         ps = load_prompts(p)
     assert any("repeated entr" in r.getMessage() for r in caplog.records)
