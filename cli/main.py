@@ -19,11 +19,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("cmd_score", "score", "Score images against K normal references (fit + predict)."),
     "fit": ("cmd_fit", "fit", "Fit a method on K normal references; save a model folder."),
     "predict": ("cmd_predict", "predict", "Score images with a saved model folder."),
+    "export": ("cmd_export", "export", "Export a model folder to an ONNX bundle (onnxruntime only)."),
     "eval": ("cmd_eval", "eval_command", "Benchmark a method on a dataset (categories x shots x seeds)."),
     "methods": ("cmd_methods", "methods_command", "List methods, or one method's options."),
     "models": ("cmd_models", "models", "List encoders and whether their weights are here."),
     "inspect": ("cmd_inspect", "inspect_command", "Score one RGB-D sample or point cloud (3D branch)."),
     "prompts": ("cmd_prompts", "prompts_group", "Show, validate and create prompt files (CLIP methods)."),
+    "train": ("cmd_train", "train_group", "Meta-train a method's learned parts (RegAD) with the target held out."),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
+from fsiad.fewshot.methods.regad_net import invert, warp
+from fsiad.fewshot.methods.regad_train import is_checkpoint
 from fsiad.fewshot.ops.features import encoder_from_config, parse_layers
 from fsiad.fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
 from fsiad.fewshot.ops.pooling import topk_mean
@@ -29,6 +32,9 @@ OPTIONS = (
     Option("score", "str", "max", "image score: map maximum or mean of the top share", choices=("max", "topk")),
     Option("topk", "float", 0.01, "top share of the map averaged with score=topk", gt=0, le=1),
     Option("fit_chunk", "int", 256, "grid positions fitted at a time (memory bound)", ge=1),
+    Option("frame", "str", "registered",
+           "with a --weights checkpoint: Gaussians in the registered frame (map warped back) or the input frame",
+           choices=("registered", "input")),
 )
 DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 #: RegAD's support augmentations (test.py): small rotations, translations (normalised coordinates)
@@ -123,22 +129,79 @@ class RegAD(AnomalyMethod):
         self.opts = self.resolve_options()
         if self.opts["score"] not in ("max", "topk"):
             raise ValueError(f"regad: score must be 'max' or 'topk', got {self.opts['score']!r}")
+        self.net, self.checkpoint = None, None
+        self._theta: torch.Tensor | None = None
+        self.channels: torch.Tensor | None = None
+        self.stats: GaussianStats | None = None
+        self.grid: tuple[int, int] | None = None
+        if self.config.weights and is_checkpoint(self.config.weights):
+            self._init_registered()
+            return
         self._pre = Preprocess(self.config.image_size or 224, interpolation="bicubic")
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._pre.size)
         family = "resnet" if "layer1" in self.encoder.layers else "efficientnet"
         default = DEFAULT_LAYERS[family] if all(x in self.encoder.layers for x in DEFAULT_LAYERS[family]) else None
         self.layers = parse_layers(self.opts["layers"]) or default or list(self.encoder.default_layers)
-        self.channels: torch.Tensor | None = None
-        self.stats: GaussianStats | None = None
-        self.grid: tuple[int, int] | None = None
+
+    def _init_registered(self) -> None:
+        """Load a meta-trained checkpoint (``fsiad train regad``): its encoder, layers, size and STNs."""
+        from fsiad.fewshot.encoders.weights import expect_weights_checksum
+        from fsiad.fewshot.methods.regad_train import CheckpointError, load_net, read_checkpoint
+
+        path = self.config.weights
+        meta, tensors, info = read_checkpoint(path)
+        enc = meta.get("encoder") or {}
+        name, checksum = enc.get("encoder"), enc.get("weights_checksum")
+        if self.config.encoder and self.config.encoder != name:
+            raise CheckpointError(f"{path}: trained on encoder {name}, but --encoder {self.config.encoder} was given")
+        size = int(meta.get("image_size") or 224)
+        if self.config.image_size and self.config.image_size != size:
+            raise CheckpointError(f"{path}: trained at image size {size}, but --image-size {self.config.image_size}")
+        layers = parse_layers(self.opts["layers"])
+        if layers is not None and list(layers) != list(meta.get("layers", [])):
+            raise CheckpointError(f"{path}: trained on layers {meta.get('layers')}, but -o layers={layers}")
+        self._pre = Preprocess(size, interpolation="bicubic")
+        cfg = dataclasses.replace(self.config, weights=None, encoder=name, image_size=size)
+        with expect_weights_checksum(checksum, f"the RegAD checkpoint {path}"):
+            self.encoder = encoder_from_config(cfg, DEFAULT_ENCODER, size)
+        if self.encoder.weights.checksum != checksum:
+            raise CheckpointError(f"{path}: trained on {name} weights sha256 {checksum}, but the encoder loaded "
+                                  f"now has {self.encoder.weights.checksum} ({self.encoder.weights.source})")
+        self.layers = list(meta["layers"])
+        self.net = load_net(meta, tensors).to(self.encoder.device)
+        train = meta.get("training") or {}
+        self.checkpoint = {"path": str(info.path), "sha256": info.checksum, "epochs": meta.get("epochs_done"),
+                           "trained_on": sorted(train.get("categories") or {}), "held_out": train.get("held_out"),
+                           "stn_mode": meta.get("stn_mode")}
 
     @property
     def preprocess(self) -> Preprocess:
         return self._pre
 
+    def _stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage ``[N, h_l, w_l, C_l]``: frozen encoder features, registered when a checkpoint is loaded.
+
+        ``frame="input"`` (the paper): each STN output warped back to the input frame with the
+        inverse of its composite transform. ``frame="registered"``: every stage warped by the
+        final composite transform ``Theta_L`` (kept in ``self._theta`` to warp the map back).
+        """
+        feats = self.encoder.patch_features(images, self.layers)
+        if self.net is None:
+            return feats
+        x = [f.permute(0, 3, 1, 2).to(self.encoder.device) for f in feats]
+        with torch.inference_mode():
+            reg, thetas = self.net.register(x)
+            if self.opts["frame"] == "input":
+                out = [warp(r, invert(t)) for r, t in zip(reg, thetas, strict=True)]
+                self._theta = None
+            else:
+                out = [warp(f, thetas[-1]) for f in x[:-1]] + [reg[-1]]
+                self._theta = thetas[-1].cpu()
+        return [o.permute(0, 2, 3, 1).float().cpu() for o in out]
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` -> concatenated (optionally channel-subset) features ``[N, h*w, C]``."""
-        f = concat_nearest(self.encoder.patch_features(images, self.layers))
+        f = concat_nearest(self._stage_features(images))
         self.grid = (f.shape[1], f.shape[2])
         if self.channels is None and self.opts["n_features"] is not None:
             d = min(int(self.opts["n_features"]), f.shape[-1])
@@ -173,7 +236,10 @@ class RegAD(AnomalyMethod):
         if self.stats is None:
             raise RuntimeError("regad: call fit() with support images before scoring")
         f = self.features(images)
-        return mahalanobis(f, self.stats).reshape(f.shape[0], *self.grid)
+        d = mahalanobis(f, self.stats).reshape(f.shape[0], *self.grid)
+        if self.net is not None and self._theta is not None:  # registered frame -> input frame
+            d = warp(d[:, None], invert(self._theta), padding="border")[:, 0]
+        return d
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
         maps = upsample_blur(self.distance(images), self._pre.size, float(self.opts["sigma"]))
@@ -185,8 +251,13 @@ class RegAD(AnomalyMethod):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
-                "registration": "none (training-free, no STN)", "n_augment": N_AUGMENT if self.opts["augment"] else 1,
+                "registration": self._registration(), "n_augment": N_AUGMENT if self.opts["augment"] else 1,
                 **{k: v for k, v in self.opts.items() if k != "layers"}}
+
+    def _registration(self) -> Any:
+        if self.checkpoint is None:
+            return "none (training-free, no STN: no --weights RegAD checkpoint given)"
+        return {**self.checkpoint, "frame": self.opts["frame"]}
 
     def get_state(self) -> dict[str, torch.Tensor]:
         if self.stats is None:

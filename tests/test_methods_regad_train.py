@@ -1,0 +1,156 @@
+"""RegAD registration network: identity STNs, meta-training, checkpoints, held-out target, CLI errors."""
+
+import json
+
+import pytest
+import torch
+from fsiad.fewshot.methods import MethodConfig, create_method
+from fsiad.fewshot.methods.regad_net import RegistrationNet, compose, identity_theta, invert, warp
+from fsiad.fewshot.methods.regad_train import (
+    CheckpointError,
+    TrainConfig,
+    load_net,
+    read_checkpoint,
+    save_checkpoint,
+    sidecar,
+    train_regad,
+)
+
+from tests.cli_helpers import assert_one_line_error, run_cli
+
+SIZE = 64  # Lite0 grids 16 / 8 / 4 (strides 4, 8, 16)
+
+
+def _cfg(out, **kw) -> TrainConfig:
+    base = dict(out=str(out), synthetic=2, images_per_category=6, image_size=SIZE, shots=2, epochs=3,
+                batch_size=4, lr=0.05, val_fraction=0.0, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("regad") / "reg.safetensors"
+    meta = train_regad(_cfg(out), progress=False)
+    return out, meta
+
+
+def test_stn_is_identity_at_initialisation():
+    torch.manual_seed(0)
+    net = RegistrationNet([5, 7], [(12, 12), (6, 6)]).eval()
+    feats = [torch.randn(3, 5, 12, 12), torch.randn(3, 7, 6, 6)]
+    reg, thetas = net.register(feats)
+    for f, r, t in zip(feats, reg, thetas, strict=True):
+        assert torch.equal(t, identity_theta(3))
+        assert torch.allclose(r, f, atol=1e-5)
+    # affine helpers: inverse and composition
+    th = torch.tensor([[[0.9, -0.2, 0.1], [0.3, 1.1, -0.05]]])
+    assert torch.allclose(compose(th, invert(th)), identity_theta(1), atol=1e-6)
+    assert torch.allclose(warp(feats[0][:1], identity_theta(1)), feats[0][:1], atol=1e-5)
+
+
+def test_untrained_checkpoint_leaves_regad_features_unchanged(tmp_path):
+    cfg = MethodConfig(image_size=SIZE, batch_size=8)
+    free = create_method("regad", cfg)
+    first = free.encoder.patch_features(torch.rand(1, 3, SIZE, SIZE), free.layers)
+    net = RegistrationNet([f.shape[-1] for f in first], [f.shape[1:3] for f in first])
+    enc = free.encoder.describe()
+    meta = {"encoder": {k: enc[k] for k in ("encoder", "weights_source", "weights_checksum")},
+            "layers": free.layers, "channels": net.channels, "grids": [list(g) for g in net.grids],
+            "image_size": SIZE, "stn_mode": "rotation_scale", "training": {}, "epochs_done": 0, "curve": []}
+    ckpt = tmp_path / "init.safetensors"
+    save_checkpoint(ckpt, net, None, meta)
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    for frame in ("input", "registered"):
+        reg = create_method("regad", MethodConfig(image_size=SIZE, weights=str(ckpt), options={"frame": frame}))
+        assert torch.allclose(reg.features(x), free.features(x), atol=1e-4)
+        assert reg.describe()["registration"]["sha256"] == json.loads(sidecar(ckpt).read_text())["sha256"]
+    assert "training-free" in free.describe()["registration"]
+
+
+def test_loss_decreases_on_tiny_synthetic_task(trained):
+    _, meta = trained
+    losses = [row["loss"] for row in meta["curve"]]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.05, losses
+    assert meta["training"]["held_out"] == [] and len(meta["training"]["categories"]) == 2
+    assert meta["encoder"]["encoder"] == "tf_efficientnet_lite0" and len(meta["encoder"]["weights_checksum"]) == 64
+
+
+def test_checkpoint_round_trips_bit_exactly(trained, tmp_path):
+    out, _ = trained
+    meta, tensors, _ = read_checkpoint(out)
+    net = load_net(meta, tensors)
+    copy = tmp_path / "copy.safetensors"
+    save_checkpoint(copy, net, None, meta)
+    net2 = load_net(*read_checkpoint(copy)[:2])
+    feats = [torch.randn(2, c, *g) for c, g in zip(meta["channels"], meta["grids"], strict=True)]
+    with torch.no_grad():
+        a, b = net.register(feats), net2.register(feats)
+    assert all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True))
+    # the method: two loads of the checkpoint give identical predictions
+    g = torch.Generator().manual_seed(3)
+    support, query = torch.rand(2, 3, SIZE, SIZE, generator=g), torch.rand(3, 3, SIZE, SIZE, generator=g)
+    preds = []
+    for _ in range(2):
+        m = create_method("regad", MethodConfig(weights=str(out), batch_size=16)).fit(support)
+        preds.append(m.predict(query))
+    assert torch.equal(preds[0].image_scores, preds[1].image_scores)
+    assert torch.equal(preds[0].anomaly_maps, preds[1].anomaly_maps)
+    assert m.preprocess.size == SIZE and m.describe()["registration"]["epochs"] == 3
+
+
+def test_tampered_checkpoint_is_refused(trained, tmp_path):
+    out, _ = trained
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(out.read_bytes())
+    side = json.loads(sidecar(out).read_text())
+    sidecar(bad).write_text(json.dumps({**side, "sha256": "0" * 64}))
+    with pytest.raises(CheckpointError, match="sha256"):
+        read_checkpoint(bad)
+
+
+def test_target_never_in_training_batches(tmp_path):
+    from fsiad.fewshot.data.synthetic import make_mvtec_dataset
+
+    root = make_mvtec_dataset(tmp_path / "data", ("texture_a", "object_b", "texture_c"), image_size=SIZE,
+                              n_train=6, n_test_good=1, n_test_defect=1)
+    seen: list[str] = []
+    meta = train_regad(_cfg(tmp_path / "r.safetensors", root=str(root), exclude=["object_b"], synthetic=2, epochs=1),
+                       progress=False, batch_hook=seen.extend)
+    assert seen and "object_b" not in seen and "texture_a" in seen and "synthetic/texture_s0" in seen
+    assert "object_b" not in meta["training"]["categories"] and meta["training"]["held_out"] == ["object_b"]
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    full = train_regad(_cfg(tmp_path / "full.safetensors", epochs=2), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def interrupt(names):
+        calls.append(names)
+        if len(calls) > 3:  # 3 batches per epoch: stop inside epoch 2
+            raise Stop
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(Stop):
+        train_regad(_cfg(part, epochs=2), progress=False, batch_hook=interrupt)
+    assert json.loads(sidecar(part).read_text())["epochs_done"] == 1
+    resumed = train_regad(_cfg(part, epochs=2), progress=False, resume=True)
+    assert resumed["epochs_done"] == 2
+    assert [r["loss"] for r in resumed["curve"]] == [r["loss"] for r in full["curve"]]
+    assert resumed["sha256"] == full["sha256"]
+
+
+def test_train_cli_bad_inputs_are_one_line_errors(tmp_path, trained):
+    out, _ = trained
+    assert_one_line_error(run_cli("train", "regad", "--synthetic", "1", "--out", tmp_path / "x.pt"), ".safetensors")
+    assert_one_line_error(run_cli("train", "regad", "--out", tmp_path / "x.safetensors"), "no training categories")
+    assert_one_line_error(run_cli("train", "regad", "--synthetic", "1", "--out", out), "--resume")
+    assert_one_line_error(run_cli("train", "regad", "--root", tmp_path / "missing", "--out",
+                                  tmp_path / "y.safetensors"), "missing")
+    assert_one_line_error(run_cli("train", "regad", "--root", tmp_path, "--categories", "a", "--exclude", "a",
+                                  "--out", tmp_path / "z.safetensors"), "excluded")
+    r = run_cli("train", "regad", "--synthetic", "1", "--epochs", "0", "--out", tmp_path / "w.safetensors")
+    assert r.exit_code == 2 and "Traceback" not in r.output
