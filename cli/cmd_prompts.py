@@ -24,9 +24,14 @@ def prompts_group() -> None:
     The tuning loop:
       fsiad prompts init my/ --category metal_nut --extra-anomalous "bent {}"
       (edit my/prompts.yaml)
-      fsiad prompts compare prompts/default.yaml my/prompts.yaml data/mvtec/metal_nut --out runs/cmp
+      fsiad prompts compare default my/prompts.yaml --targets data/mvtec/metal_nut --out runs/cmp
       fsiad prompts explain my/prompts.yaml --class-name metal_nut img1.png img2.png
     """
+
+
+def _prompt_path(path: Path) -> Path:
+    """``default`` (when no such file exists) names the packaged ensemble."""
+    return default_prompts_path() if str(path) == "default" and not path.exists() else path
 
 
 def _echo_warnings(warnings: list[str]) -> None:
@@ -123,7 +128,7 @@ def init(directory: str, force: bool, category: str | None, name: str | None, ex
         cp = load_prompts(dst).expand(category)
         click.echo(f"{category}: class name {cp.class_name!r}, {len(cp.normal)} normal + {len(cp.anomalous)} "
                    f"anomalous prompts")
-    click.echo(f"next: fsiad prompts compare {default_prompts_path()} {dst} <labelled images> --out DIR")
+    click.echo(f"next: fsiad prompts compare default {dst} --targets <labelled images> --out DIR")
 
 
 # -- compare / explain -----------------------------------------------------------------------------
@@ -177,12 +182,14 @@ def _method_config(kw: dict[str, Any]):
 def compare(files: tuple[Path, ...], **kw: Any) -> None:
     """Score the same labelled images with each prompt FILE and compare the metrics.
 
+    FILE ``default`` is the packaged ensemble.
+
     Image and window embeddings (and WinCLIP+'s memory) are computed once; each file adds
     its text embeddings (cached) and the scoring. The numbers equal `fsiad eval` per file.
     """
     from fsiad.fewshot.evaluation.prompts import CompareConfig, compare_prompts, format_table
 
-    cfg = CompareConfig(prompt_files=list(files), targets=list(kw.pop("targets")), out=kw.pop("out"),
+    cfg = CompareConfig(prompt_files=[_prompt_path(f) for f in files], targets=list(kw.pop("targets")), out=kw.pop("out"),
                         labels=kw.pop("labels"), category=kw.pop("category"), normal=kw.pop("normal"),
                         shots=kw.pop("shots"), seed=kw.pop("seed"), class_name=kw.pop("class_name"),
                         method_config=_method_config(kw))
@@ -220,6 +227,7 @@ def explain_cmd(file: Path, images: tuple[Path, ...], top: int, out: Path | None
     from fsiad.fewshot.workflow.references import select_references
     from fsiad.fewshot.workflow.targets import collect_samples
 
+    file = _prompt_path(file)
     class_name = kw.pop("class_name")
     if not class_name:
         raise OptionError("--class-name: give the object's name or category key (e.g. metal_nut)")

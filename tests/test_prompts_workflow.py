@@ -176,12 +176,12 @@ def test_compare_with_labels_csv_and_bad_inputs(arch, category, tmp_path):
 def test_cli_compare_prints_table_and_writes_report(arch, category, tmp_path):
     a = _prompt_file(tmp_path / "a.yaml", *SMALL_A)
     b = _prompt_file(tmp_path / "b.yaml", *SMALL_B)
-    res = run_cli("prompts", "compare", a, b, "--targets", category, "--out", tmp_path / "cmp", "--allow-random",
+    res = run_cli("prompts", "compare", a, b, "default", "--targets", category, "--out", tmp_path / "cmp", "--allow-random",
                   "--encoder", f"clip:{arch}", "--device", "cpu", "--shots", 1)
     assert res.exit_code == 0, res.output
     assert "few-shot (WinCLIP+)" in res.stdout and "I-AUROC" in res.stdout and "AUPRO" in res.stdout
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("a.yaml", "b.yaml"))]
-    assert len(lines) == 2 and lines[0].split()[1] == "9/6" and lines[1].split()[1] == "4/6"
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("a.yaml", "b.yaml", "default.yaml"))]
+    assert [ln.split()[1] for ln in lines] == ["9/6", "4/6", "154/88"]
     assert "encoded 6 image(s) and 1 reference(s) once" in res.stderr
     for name in ("compare.csv", "scores.csv", "report.md", "report.html"):
         assert (tmp_path / "cmp" / name).is_file()
