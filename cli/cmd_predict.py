@@ -24,12 +24,14 @@ from fsiad.fewshot.workflow.demo import DEMOS
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Encoder weight file, if it moved (its checksum must match the model's).")
 def predict(targets: tuple[Path, ...], out: Path, labels: Path | None, demo_size: int, chunk_size: int | None,
-            overwrite: bool, quiet: bool, model_dir: Path, threshold: float | None, demo: str | None,
+            overwrite: bool, quiet: bool, as_json: bool, fail_on_anomaly: bool, no_folder_labels: bool,
+            model_dir: Path, threshold: float | None, demo: str | None,
             device: str | None, batch_size: int | None, weights: str | None) -> None:
     """Score TARGET images with a model folder from `fsiad fit` (same outputs and OUT rules as `fsiad score`)."""
     from fsiad.fewshot.workflow.session import FittedModel
 
     model = FittedModel.load(model_dir, threshold=threshold, device=device, batch_size=batch_size, weights=weights)
     results = model.predict(targets, out=out, labels=labels, demo=demo, demo_size=demo_size, chunk_size=chunk_size,
-                            overwrite=overwrite, progress=not quiet, log=log, run_info=run_info())
-    print_results(results)
+                            overwrite=overwrite, progress=not quiet, log=log, run_info=run_info(),
+                            folder_labels=not no_folder_labels)
+    print_results(results, as_json, fail_on_anomaly)

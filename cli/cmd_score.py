@@ -17,14 +17,18 @@ from fsiad.cli.workflow_options import print_results, reference_options, session
 @target_options
 @reference_options
 def score(targets: tuple[Path, ...], out: Path, normal: Path | None, demo: str | None, labels: Path | None,
-          demo_size: int, chunk_size: int | None, overwrite: bool, quiet: bool, **kwargs: Any) -> None:
+          demo_size: int, chunk_size: int | None, overwrite: bool, quiet: bool, as_json: bool, fail_on_anomaly: bool,
+          no_folder_labels: bool, **kwargs: Any) -> None:
     """Score TARGET images (files or folders) against K normal references; write OUT/report.html.
 
-    OUT gets scores.csv (path, name, score, decision, label), maps/<name>.npy, overlays/<name>.png,
-    report.html (self-contained), run.json, and errors.csv listing unreadable targets. Without
-    --threshold, the threshold is the --threshold-rule (default max) of the leave-one-out scores
-    of the K references (each scored by the method fitted on the other K-1); decision: anomalous
-    when score >= threshold.
+    OUT gets scores.csv (score, decision, label, defect area and boxes), maps/<name>.npy,
+    masks/<name>.png (flagged images), overlays/<name>.png and thumbs/ at each image's own size,
+    report.html, run.json, and errors.csv listing unreadable targets. Without --threshold, the
+    threshold comes from leave-one-out scores of the K references (each scored by the method
+    fitted on the other K-1) and of lighting/noise views of them: --threshold-rule tail (default)
+    fits a robust log-normal tail and sets the threshold at --target-fpr, leaving out (and naming)
+    a reference unlike the others; decision: anomalous when score >= threshold. Targets under
+    good/ ok/ normal/ nominal/ and sibling defect folders are labelled from the folder names.
 
     OUT may not overlap --normal, TARGETs or --labels, and is locked while a run uses it.
     scores.csv grows as targets are scored, so an interrupted run keeps its scores; rerunning
@@ -38,5 +42,6 @@ def score(targets: tuple[Path, ...], out: Path, normal: Path | None, demo: str |
     """
     session = session_from(kwargs, quiet)
     results = session.score(targets, normal=normal, demo=demo, out=out, labels=labels, demo_size=demo_size,
-                            chunk_size=chunk_size, overwrite=overwrite, run_info=run_info())
-    print_results(results)
+                            chunk_size=chunk_size, overwrite=overwrite, run_info=run_info(),
+                            folder_labels=not no_folder_labels)
+    print_results(results, as_json, fail_on_anomaly)

@@ -33,8 +33,12 @@ def reference_options(f: Callable) -> Callable:
                      help="Use the embedded demo set (references from its nominal pool, targets a seeded mix)."),
         click.option("--threshold", type=float, default=None,
                      help="Decision threshold on the image score (default: calibrated on the references)."),
-        click.option("--threshold-rule", default="max", show_default=True,
-                     help="Rule over the leave-one-out scores of the references: 'max' or 'mean+<k>std'."),
+        click.option("--threshold-rule", default="tail", show_default=True,
+                     help="Rule over the leave-one-out scores of the references: 'tail' (robust tail fit at "
+                          "--target-fpr, odd references left out), 'max' or 'mean+<k>std'."),
+        click.option("--target-fpr", type=click.FloatRange(min=0, max=0.5, min_open=True, max_open=True),
+                     default=0.01, show_default=True,
+                     help="False-alarm rate on normal parts that the 'tail' rule aims at."),
     ])
 
 
@@ -53,7 +57,18 @@ def target_options(f: Callable) -> Callable:
         click.option("--overwrite", is_flag=True,
                      help="Replace the outputs of a run with different settings in --out (default: refuse)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON summary to stdout (counts, threshold, flagged images with areas and "
+                          "boxes, metrics); everything else goes to stderr."),
+        click.option("--fail-on-anomaly", is_flag=True,
+                     help=f"Exit with status {EXIT_ANOMALY} when any target is flagged (for scripts)."),
+        click.option("--no-folder-labels", is_flag=True,
+                     help="Do not label targets from folder names (good/ ok/ normal/ nominal/ = normal, other "
+                          "sub-folders = defect types)."),
     ])
+
+
+EXIT_ANOMALY = 4
 
 
 def log(line: str) -> None:
@@ -66,22 +81,53 @@ def session_from(kw: dict[str, Any], quiet: bool = False):
 
     return InspectionSession(kw.pop("method"), method_config_from(kw), shots=kw.pop("shots"), seed=kw.pop("seed"),
                              threshold=kw.pop("threshold"), threshold_rule=kw.pop("threshold_rule"),
+                             target_fpr=kw.pop("target_fpr"),
                              progress=not quiet, log=log)
 
 
-def print_results(results: Any) -> None:
-    """Console summary of a ``Results`` with an output folder; exit 1 when nothing was readable."""
+def print_results(results: Any, as_json: bool = False, fail_on_anomaly: bool = False) -> None:
+    """Console summary of a ``Results`` with an output folder; exit 1 when nothing was readable.
+
+    ``as_json``: the summary lines go to stderr and ``Results.summary()`` is the only stdout.
+    ``fail_on_anomaly``: exit ``EXIT_ANOMALY`` when any target is flagged.
+    """
+    import json
+
     rec, out = results.record, results.out
-    click.echo(f"scored {rec['n_scored']} image(s) with {rec['method']['method']}, {len(rec['references'])} "
-               f"reference(s); {rec['n_errors']} not scored" + (f" (see {out / 'errors.csv'})" if rec["n_errors"] else "")
-               + (f"; {results.resumed} resumed from an earlier run" if results.resumed else ""))
-    click.echo(results.calibration.description)
+
+    def echo(line: str) -> None:
+        click.echo(line, err=as_json)
+
+    echo(f"scored {rec['n_scored']} image(s) with {rec['method']['method']}, {len(rec['references'])} "
+         f"reference(s); {rec['n_errors']} not scored" + (f" (see {out / 'errors.csv'})" if rec["n_errors"] else "")
+         + (f"; {results.resumed} resumed from an earlier run" if results.resumed else ""))
+    for line in results.calibration.warnings():
+        echo(line)
+    echo(results.calibration.description)
+    if results.threshold is not None:
+        flagged = results.flagged
+        echo(f"{len(flagged)} of {len(results)} flagged as anomalous" + (":" if flagged else ""))
+        for p in flagged[:20]:
+            area = ""
+            if p.region is not None:
+                area = f"  defect {p.region.area_px} px ({p.region.area_pct:g} %)" if p.region.area_px else \
+                    "  (no pixel above the pixel threshold)"
+            echo(f"  {p.score:.6g}  {p.name}{area}")
+        if len(flagged) > 20:
+            echo(f"  ... and {len(flagged) - 20} more (see {out / 'scores.csv'})")
+    src = (rec.get("settings") or {}).get("labels_source")
     m = results.metrics or {}
+    if src and m:
+        echo(f"labels from {src}")
     if "image_auroc" in m:
-        click.echo(f"image AUROC over the {m['n_labelled']} scored labelled images: "
-                   f"{m['image_auroc']:.4f} (AP {m['image_ap']:.4f})")
+        echo(f"image AUROC over the {m['n_labelled']} scored labelled images: "
+             f"{m['image_auroc']:.4f} (AP {m['image_ap']:.4f})")
     if "true_positives" in m:
-        click.echo(f"at the threshold: TP {m['true_positives']}, FP {m['false_positives']}, "
-                   f"TN {m['true_negatives']}, FN {m['false_negatives']}")
-    click.echo(f"report: {out / 'report.html'}  (scores: {out / 'scores.csv'}; {results.wall_s:.0f} s)")
+        echo(f"at the threshold: TP {m['true_positives']}, FP {m['false_positives']}, "
+             f"TN {m['true_negatives']}, FN {m['false_negatives']}")
+    echo(f"report: {out / 'report.html'}  (scores: {out / 'scores.csv'}; {results.wall_s:.0f} s)")
+    if as_json:
+        click.echo(json.dumps(results.summary(), default=str))
     results.check_any_scored()
+    if fail_on_anomaly and results.flagged:
+        raise SystemExit(EXIT_ANOMALY)

@@ -6,17 +6,21 @@ Files of an output folder ``OUT``::
     .fsiad.lock          advisory lock held for the whole run (``fileio.OutputLock``); a second run
                          on the same folder fails at once, naming the holder (pid, command, start)
     .fsiad-run.json      the run's identity: settings fingerprint, the settings themselves, status
-    scores.csv           path, name, score, decision, label; rows are appended and flushed after
-                         each chunk of targets, then rewritten in input order when the run ends
+    scores.csv           ``SCORE_FIELDS``; rows are appended and flushed after each chunk of targets
+                         (area and box columns empty), then rewritten in input order when the run ends
     maps/<name>.npy      raw anomaly map [S, S] float32, written (atomically) before its row
-    overlays/<name>.png  map over the preprocessed input (colour scale = min..max of the run's maps)
+    masks/<name>.png     defect mask of each flagged image at the image's own size (255 = defect)
+    overlays/<name>.png  map over the original image at its own size (``render.ColourScale``: one
+                         scale for the run, anchored to the pixel threshold)
+    thumbs/<name>.jpg    small original | overlay | defect contour strip, linked from the report
     errors.csv           path, reason of targets that could not be read (only when there are some)
-    report.html          self-contained report (``report.py``)
-    run.json             settings, method, references, threshold, metrics, timings, ``resumed``
+    report.html          report (``report.py``): links thumbs/ and overlays/, embeds no image
+    run.json             settings, method, references, threshold (rule, inputs, expected
+                         false-alarm rate, outlier references), flagged list, metrics, timings
 
 Rules:
 
-* Every run removes ``report.html``, ``run.json``, ``errors.csv`` and the overlays when it
+* Every run removes ``report.html``, ``run.json``, ``errors.csv``, masks, thumbnails and overlays when it
   starts, and writes them again only when it finishes: a summary file always describes the
   ``scores.csv`` next to it. An interrupted run leaves ``scores.csv`` with every target scored
   so far (and their maps), and no summary.
@@ -63,12 +67,15 @@ from fsiad.fewshot.fileio import (
 from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
 from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
-from fsiad.fewshot.workflow.runner import THUMB_SIDE, ScoredImage, decision, display_image, label_metrics
+from fsiad.fewshot.workflow.runner import READ_ERRORS, ScoredImage, decision, display_image, label_metrics
 from fsiad.fewshot.workflow.thresholds import Calibration
 from tqdm import tqdm
 
 STATE_NAME = ".fsiad-run.json"
-SCORE_FIELDS = ("path", "name", "score", "decision", "label")
+SCORE_FIELDS = ("path", "name", "score", "decision", "label", "defect_type", "width", "height", "defect_area_px",
+                "defect_area_pct", "defect_boxes")
+RENDERED = ("overlays", "masks", "thumbs")
+THUMB_HEIGHT = 96
 #: Files that summarise a whole run: removed when a run starts, written when it finishes.
 SUMMARY_FILES = ("report.html", "run.json", "errors.csv")
 
@@ -85,8 +92,14 @@ def fingerprint(key: dict[str, Any]) -> str:
 
 
 def _score_row(im: ScoredImage, threshold: float | None) -> list[str]:
+    from fsiad.fewshot.workflow.decisions import boxes_text
+
+    r = im.region
+    region = ["", "", "", "", ""] if r is None else [str(r.width), str(r.height), str(r.area_px), f"{r.area_pct:g}",
+                                                     boxes_text(r.boxes)]
+    defect = "" if im.label is None else (im.defect or "")
     return [str(im.path), im.name, repr(im.score), decision(im.score, threshold) or "",
-            "" if im.label is None else str(im.label)]
+            "" if im.label is None else str(im.label), defect, *region]
 
 
 class OutputFolder:
@@ -137,6 +150,9 @@ class OutputFolder:
     def map_path(self, name: str) -> Path:
         return self.maps / f"{name}.npy"
 
+    def mask_path(self, name: str) -> Path:
+        return self.path / "masks" / f"{name}.png"
+
     # -- start ----------------------------------------------------------------------------
     def read_state(self) -> dict[str, Any] | None:
         try:
@@ -175,7 +191,8 @@ class OutputFolder:
                 "pass --overwrite to replace them, or choose another --out")
         for f in SUMMARY_FILES:
             (self.path / f).unlink(missing_ok=True)
-        shutil.rmtree(self.path / "overlays", ignore_errors=True)
+        for sub in RENDERED:
+            shutil.rmtree(self.path / sub, ignore_errors=True)
         wanted = {p.resolve(): name for p, name in targets}
         reuse: dict[Path, tuple[str, float]] = {}
         if same:
@@ -241,7 +258,7 @@ class OutputFolder:
                calibration: Calibration, settings: dict[str, Any], references: Sequence[Sample],
                map_range: tuple[float, float], title: str = "fsiad inspection report", progress: bool = True,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Rewrite scores.csv in input order; write errors.csv, overlays, report.html, run.json.
+        """Rewrite scores.csv in input order; write errors.csv, overlays, thumbs, report.html, run.json.
 
         Returns run.json's content (``extra`` entries are added to it: timings, ``resumed``).
         """
@@ -258,33 +275,42 @@ class OutputFolder:
                 w.writerow(["path", "reason"])
                 w.writerows([str(p), r] for p, r in errors)
         metrics = label_metrics(images, thr)
-        lo, hi = map_range if images else (0.0, 0.0)
+        scale = colour_scale(calibration, map_range if images else (0.0, 0.0))
+        flagged = sorted((im for im in images if decision(im.score, thr) == "anomalous"), key=lambda im: -im.score)
         summary = {
+            "flagged": f"{len(flagged)} of {len(images)}" if thr is not None else "no threshold (scores only)",
             "images scored": len(images),
             "targets not scored": len(errors),
             "method": method.name,
             "references": len(references),
-            "threshold": "none (scores only)" if thr is None else f"{thr:.6g} ({calibration.source})",
+            "threshold": "none (scores only)" if thr is None else f"{thr:.6g} ({calibration.source}"
+            + (f", rule {calibration.rule}" if calibration.rule else "") + ")",
+            "expected false-alarm rate": calibration.expected_fpr,
+            "labels": settings.get("labels_source") or "none",
         }
         if metrics and "image_auroc" in metrics:
             summary["image AUROC"] = f"{metrics['image_auroc']:.4f}"
-        self._write_report(method, images, errors, calibration, {**settings, "map colour scale": [lo, hi]},
-                           references, summary, metrics, (lo, hi), title, progress)
+        self._write_report(method, images, errors, calibration, settings, references, summary, metrics, scale,
+                           title, progress)
         record = {
             "settings": settings,
             "method": method.describe(),
             "references": [str(r.path) for r in references],
             "threshold": calibration.to_dict(),
-            "decision_rule": "anomalous when score >= threshold",
-            "map_colour_scale": {"min": lo, "max": hi, "rule": "min and max over all maps of this run"},
+            "warnings": calibration.warnings(),
+            "outlier_references": calibration.outliers,
+            "decision_rule": "anomalous when score >= threshold; defect pixels: map >= pixel_threshold",
+            "map_colour_scale": {**scale.to_dict(), "rule": scale_rule(calibration)},
             "n_scored": len(images),
+            "n_flagged": len(flagged) if thr is not None else None,
+            "flagged": [flag_entry(im) for im in flagged],
             "n_errors": len(errors),
             "errors": [{"path": str(p), "reason": r} for p, r in errors],
             "metrics": metrics,
             **(extra or {}),
             "outputs_s": round(time.perf_counter() - t_out, 3),
-            "outputs": {"scores": "scores.csv", "maps": "maps/", "overlays": "overlays/", "report": "report.html",
-                        "errors": "errors.csv" if errors else None},
+            "outputs": {"scores": "scores.csv", "maps": "maps/", "masks": "masks/", "overlays": "overlays/",
+                        "thumbs": "thumbs/", "report": "report.html", "errors": "errors.csv" if errors else None},
         }
         atomic_write_json(out / "run.json", record)
         state = self.read_state() or {}
@@ -294,31 +320,79 @@ class OutputFolder:
 
     def _write_report(self, method: AnomalyMethod, images: Sequence[ScoredImage], errors: Sequence[tuple[Path, str]],
                       calibration: Calibration, settings: dict[str, Any], references: Sequence[Sample],
-                      summary: dict[str, Any], metrics: dict[str, Any] | None, scale: tuple[float, float],
+                      summary: dict[str, Any], metrics: dict[str, Any] | None, scale: render.ColourScale,
                       title: str, progress: bool) -> None:
-        from fsiad.fewshot.workflow.runner import _thumb_or_empty
+        from fsiad.fewshot.data.io import read_image
+        from fsiad.fewshot.workflow.decisions import defect_mask
 
-        thr, (lo, hi) = calibration.threshold, scale
-        (self.path / "overlays").mkdir(exist_ok=True)
-        refs_b64 = [(str(r.path), _thumb_or_empty(method, r.path)) for r in references]
+        thr = calibration.threshold
+        pix = calibration.pixel_threshold if calibration.pixel_threshold is not None else thr
+        for sub in RENDERED:
+            (self.path / sub).mkdir(exist_ok=True)
+        refs = []
+        for i, r in enumerate(references):
+            rel = f"thumbs/reference-{i}.jpg"
+            try:
+                render.save_jpeg(render.side_by_side([read_image(r.path)], THUMB_HEIGHT), self.path / rel)
+            except READ_ERRORS:  # a reference moved or changed since the model was fitted
+                rel = ""
+            refs.append((str(r.path), rel))
         report = ReportWriter(self.path / "report.html")
         try:
             report.header(title, summary, calibration.description, metrics,
                           histogram_svg([im.score for im in images], [im.label for im in images], thr),
-                          settings, refs_b64, [(str(p), r) for p, r in errors], len(images))
-            ranked = sorted(images, key=lambda im: -im.score)
+                          settings, refs, [(str(p), r) for p, r in errors], len(images),
+                          warnings=calibration.warnings(), colour_bar=render.colour_bar_svg(scale),
+                          flagged=[(im.name, im.score) for im in images if decision(im.score, thr) == "anomalous"])
+            ranked = sorted(images, key=lambda im: (decision(im.score, thr) != "anomalous", -im.score))
             for rank, im in enumerate(tqdm(ranked, unit="img", desc="report", disable=not progress,
                                            file=sys.stderr), 1):
-                base = display_image(method, im.path)
-                ov = render.overlay(base, np.load(self.map_path(im.name)), lo, hi)
-                render.save_png(ov, self.path / "overlays" / f"{im.name}.png")
-                both = np.concatenate([base, np.full((base.shape[0], 4, 3), 255, np.uint8), ov], axis=1)
-                report.card(rank, im.name, str(im.path), im.score, decision(im.score, thr), im.label,
-                            render.png_base64(both, 2 * THUMB_SIDE))
+                dec = decision(im.score, thr)
+                amap = np.load(self.map_path(im.name))
+                try:
+                    base = read_image(im.path)
+                except READ_ERRORS:  # the target changed since it was scored: show the method's view
+                    base = display_image(method, im.path) if Path(im.path).is_file() else None
+                links = {}
+                if base is not None:
+                    ov = render.overlay(base, amap, scale.lo, scale.hi)
+                    render.save_png(ov, self.path / "overlays" / f"{im.name}.png")
+                    mask = defect_mask(amap, base.shape[:2], pix) if dec == "anomalous" and pix is not None else None
+                    strip = render.side_by_side([base, ov, render.contour(base, mask)], THUMB_HEIGHT)
+                    render.save_jpeg(strip, self.path / "thumbs" / f"{im.name}.jpg")
+                    links = {"thumb": f"thumbs/{im.name}.jpg", "overlay": f"overlays/{im.name}.png"}
+                    if mask is not None and self.mask_path(im.name).is_file():
+                        links["mask"] = f"masks/{im.name}.png"
+                report.card(rank, im.name, str(im.path), im.score, dec, im.label, links,
+                            region=im.region, defect=im.defect)
         except BaseException:
             report.abort()
             raise
         report.close()
+
+
+def colour_scale(calibration: Calibration, map_range: tuple[float, float]) -> render.ColourScale:
+    """The run's colour scale: anchored to the pixel threshold, else the run's map range."""
+    pix = calibration.pixel_threshold if calibration.pixel_threshold is not None else calibration.threshold
+    if pix is None:
+        return render.ColourScale(*map_range)
+    floor = calibration.map_floor if calibration.map_floor is not None else min(map_range[0], pix * 0.5)
+    return render.ColourScale.anchored(floor, pix)
+
+
+def scale_rule(calibration: Calibration) -> str:
+    if calibration.threshold is None:
+        return "min and max over all maps of this run (no threshold)"
+    return (f"bottom = normal background level of the references' maps, pixel threshold at "
+            f"{render.THRESHOLD_POSITION:g} of the scale, top above it; the same for every image of the run")
+
+
+def flag_entry(im: ScoredImage) -> dict[str, Any]:
+    """A flagged image for run.json / --json."""
+    d: dict[str, Any] = {"name": im.name, "path": str(im.path), "score": im.score, "label": im.label}
+    if im.region is not None:
+        d.update(im.region.to_dict())
+    return d
 
 
 def check_output(out: str | Path, inputs: Sequence[str | Path | None], option: str = "--out") -> None:

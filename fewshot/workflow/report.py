@@ -1,8 +1,9 @@
-"""Self-contained HTML report of one run: settings, threshold, metrics, histogram, image cards.
+"""HTML report of one run: flagged list, threshold, warnings, metrics, histogram, image cards.
 
-The page has no scripts, external fonts or links: images are embedded as base64 PNG and the
-histogram is inline SVG, so it opens offline. Cards are streamed to disk one at a time
-(``ReportWriter``), so a run of thousands of images never holds all thumbnails in memory.
+The page has no scripts, external fonts or remote links; it embeds no image: each card links
+a small JPEG strip under ``thumbs/`` (lazy-loaded) and the full-size overlay under ``overlays/``,
+so a run of 1,000 images stays a few MB and opens fast. Histogram and colour bar are inline SVG.
+Cards are streamed to disk one at a time (``ReportWriter``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#eee}.note{background:#fff7e0;border-left:4px solid #f0b400;padding:.5em 1em}
 .grid{display:flex;flex-wrap:wrap;gap:10px}.card{background:#fff;border:1px solid #ccc;border-radius:4px;padding:6px;font-size:.78em;width:330px}
-.card img{display:block;width:320px;image-rendering:auto}.card .name{font-family:monospace;word-break:break-all}
+.card img{display:block;max-width:320px;height:96px;object-fit:contain}
+.card.miss{border:3px solid #d00}.card.falsealarm{border:3px solid #f08000}
+.warn{background:#ffe5e5;border-left:4px solid #d00;padding:.5em 1em}.bad{color:#b00}.card .name{font-family:monospace;word-break:break-all}
 .anomalous{color:#b00;font-weight:bold}.normal{color:#070;font-weight:bold}.refs img{height:96px;margin:2px}
 code{font-size:.9em}
 """
@@ -112,40 +115,63 @@ class ReportWriter:
 
     def header(self, title: str, summary: dict[str, Any], threshold_note: str, metrics: dict[str, Any] | None,
                histogram: str, settings: dict[str, Any], references: Sequence[tuple[str, str]],
-               errors: Sequence[tuple[str, str]], n_images: int) -> None:
+               errors: Sequence[tuple[str, str]], n_images: int, warnings: Sequence[str] = (),
+               colour_bar: str = "", flagged: Sequence[tuple[str, float]] = ()) -> None:
         """Write everything above the image cards.
 
         Args:
-            references: ``(path, base64 png)`` of the normal references.
+            references: ``(path, relative link of its thumbnail or "")`` of the normal references.
             errors: ``(path, reason)`` of targets that could not be scored.
+            warnings: lines shown in a warning box (odd references and what to do).
+            flagged: ``(name, score)`` of the flagged images (listed, highest score first).
         """
         w = self._fh.write
         w(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
           f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>")
+        for line in warnings:
+            w(f'<p class="warn">{escape(line)}</p>')
         w(table(summary))
+        if flagged:
+            items = sorted(flagged, key=lambda f: -f[1])
+            w(f"<h2>Flagged ({len(items)} of {n_images})</h2><p class='flagged'>")
+            w(", ".join(f'<a href="#img-{escape(n)}">{escape(n)}</a> ({sc:.4g})' for n, sc in items) + "</p>")
         w(f'<h2>Threshold</h2><p class="note">{escape(threshold_note)}</p>')
         if metrics:
-            w("<h2>Metrics over the scored images with known labels</h2>" + table(metrics))
+            w("<h2>Metrics over the scored images with known labels</h2>" + confusion_table(metrics) + table(metrics))
         w("<h2>Score histogram</h2>" + histogram)
         if errors:
             w(f"<h2>Targets not scored ({len(errors)})</h2><table><tr><th>path</th><th>reason</th></tr>")
             w("".join(f"<tr><td>{escape(p)}</td><td>{escape(r)}</td></tr>" for p, r in errors) + "</table>")
         w(f"<h2>Normal references ({len(references)})</h2><div class='refs'>")
-        w("".join(f'<img alt="reference {escape(p)}" title="{escape(p)}" src="data:image/png;base64,{b}">'
+        w("".join(f'<img alt="reference {escape(p)}" title="{escape(p)}" loading="lazy" src="{escape(b)}">'
                   if b else f"<code>{escape(p)} (unreadable now)</code> " for p, b in references))
         w("</div><h2>Run settings</h2>" + table(settings))
-        w(f"<h2>Images sorted by score ({n_images})</h2><p>Left: input after preprocessing; right: "
-          "anomaly map overlay (blue = low, red = high; colour scale shared by the run).</p><div class='grid'>")
+        w(f"<h2>Images: flagged first, then by score ({n_images})</h2><p>Each strip: original | anomaly heat "
+          "(shown only where notable) | defect contour (magenta, flagged images). Click for the full-size "
+          "overlay at the image's own size. Misses and false alarms (when labels are known) are framed in "
+          "red and orange.</p>" + colour_bar + "<div class='grid'>")
 
     def card(self, rank: int, name: str, path: str, score: float, decision: str | None,
-             label: int | None, image_b64: str) -> None:
-        """One image card (input | overlay thumbnail, score, decision, label)."""
+             label: int | None, links: dict[str, str], region: Any = None, defect: str | None = None) -> None:
+        """One image card: linked thumbnail strip, score, decision, label, defect area and boxes."""
         dec = f' <span class="{decision}">{decision}</span>' if decision else ""
-        lab = "" if label is None else f"<br>label: {'anomalous' if label else 'normal'}"
+        lab = "" if label is None else f"<br>label: {'anomalous' if label else 'normal'}" + (
+            f" ({escape(defect)})" if label and defect else "")
+        kind = ""
+        if label is not None and decision is not None:
+            kind = " miss" if label == 1 and decision == "normal" else (
+                " falsealarm" if label == 0 and decision == "anomalous" else "")
+        tag = {" miss": " <b>MISS</b>", " falsealarm": " <b>FALSE ALARM</b>"}.get(kind, "")
+        area = ""
+        if region is not None:
+            area = (f"<br>defect area {region.area_px} px ({region.area_pct:g} %), {len(region.boxes)} region(s)"
+                    if region.area_px else "<br>no pixel above the pixel threshold")
+        img = (f'<a href="{escape(links["overlay"])}"><img alt="{escape(name)}" loading="lazy" '
+               f'src="{escape(links["thumb"])}"></a>' if "thumb" in links else "<p>(image unreadable)</p>")
+        more = " ".join(f'<a href="{escape(v)}">{k}</a>' for k, v in links.items() if k in ("overlay", "mask"))
         self._fh.write(
-            f'<div class="card" id="img-{escape(name)}"><img alt="{escape(name)}" '
-            f'src="data:image/png;base64,{image_b64}"><div>#{rank} score <b>{score:.6g}</b>{dec}{lab}</div>'
-            f'<div class="name" title="{escape(path)}">{escape(name)}</div></div>'
+            f'<div class="card{kind}" id="img-{escape(name)}">{img}<div>#{rank} score <b>{score:.6g}</b>{dec}{tag}'
+            f'{lab}{area}</div><div class="name" title="{escape(path)}">{escape(name)}</div><div>{more}</div></div>'
         )
         self.n_cards += 1
 
@@ -162,3 +188,13 @@ class ReportWriter:
         """Drop the unfinished page (``path`` is left as it was)."""
         self._fh.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def confusion_table(m: dict[str, Any]) -> str:
+    """2 x 2 confusion matrix at the threshold (empty without one)."""
+    if "true_positives" not in m:
+        return ""
+    return ("<table class='confusion'><tr><th></th><th>flagged</th><th>passed</th></tr>"
+            f"<tr><th>anomalous (label)</th><td>{m['true_positives']} (TP)</td><td class='bad'>{m['false_negatives']}"
+            f" (miss)</td></tr><tr><th>normal (label)</th><td class='bad'>{m['false_positives']} (false alarm)</td>"
+            f"<td>{m['true_negatives']} (TN)</td></tr></table>")

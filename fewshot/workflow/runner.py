@@ -19,6 +19,7 @@ from fsiad.fewshot.data.base import DatasetError, Sample
 from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
 from fsiad.fewshot.workflow.thresholds import (
+    DEFAULT_TARGET_FPR,
     Calibration,
     ThresholdRule,
     calibrate_loo,
@@ -40,6 +41,8 @@ class ScoredImage:
     name: str
     score: float
     label: int | None = None
+    defect: str | None = None
+    region: Any = None  # decisions.PixelDecision of a flagged image (None: not flagged / no pixel threshold)
 
 
 def decision(score: float, threshold: float | None) -> str | None:
@@ -50,8 +53,8 @@ def decision(score: float, threshold: float | None) -> str | None:
 
 
 def fit_references(method: AnomalyMethod, refs: Sequence[Sample], seed: int = 0,
-                   rule: ThresholdRule | None = None, threshold: float | None = None
-                   ) -> tuple[Calibration, dict[str, float]]:
+                   rule: ThresholdRule | None = None, threshold: float | None = None,
+                   target_fpr: float = DEFAULT_TARGET_FPR) -> tuple[Calibration, dict[str, float]]:
     """Calibrate the threshold (user value, or leave-one-out on ``refs``) then fit on all ``refs``.
 
     Encoder features of the references are cached for the calibration and the final fit
@@ -68,7 +71,7 @@ def fit_references(method: AnomalyMethod, refs: Sequence[Sample], seed: int = 0,
         if threshold is not None:
             cal = user_threshold(threshold)
         else:
-            cal = calibrate_loo(method, refs, rule or ThresholdRule(), seed)
+            cal = calibrate_loo(method, refs, rule or ThresholdRule(), seed, target_fpr)
         t1 = time.perf_counter()
         torch.manual_seed(seed)
         method.fit(method.prepare(list(refs)) if refs else None)
@@ -121,7 +124,8 @@ def score_chunks(method: AnomalyMethod, samples: Sequence[Sample], names: Sequen
                 maps = result.anomaly_maps.detach().cpu().float().numpy()
                 for j, i in enumerate(ok):
                     s = chunk[i]
-                    scored.append((ScoredImage(s.path, names[start + i], float(result.image_scores[j]), s.label),
+                    scored.append((ScoredImage(s.path, names[start + i], float(result.image_scores[j]), s.label,
+                                               s.defect),
                                    np.ascontiguousarray(maps[j])))
             bar.update(len(chunk))
             yield scored, errors

@@ -52,7 +52,13 @@ from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMO_TARGET_SEED
 from fsiad.fewshot.workflow.outputs import OutputFolder, check_output
 from fsiad.fewshot.workflow.references import check_shots, select_references
 from fsiad.fewshot.workflow.runner import ScoredImage, decision, fit_references, label_metrics, score_chunks
-from fsiad.fewshot.workflow.thresholds import Calibration, ThresholdRule, user_threshold
+from fsiad.fewshot.workflow.thresholds import (
+    DEFAULT_RULE,
+    DEFAULT_TARGET_FPR,
+    Calibration,
+    ThresholdRule,
+    user_threshold,
+)
 
 DEFAULT_METHOD = "knn"
 DEFAULT_CHUNK_SIZE = 32
@@ -73,7 +79,17 @@ class Prediction:
         score: image anomaly score; ``decision``: ``anomalous`` / ``normal`` / ``None`` (no threshold).
         label: 0 / 1 from ``labels`` (or the demo), else ``None``.
         map_path: ``OUT/maps/<name>.npy`` when an output folder was written.
+        region: ``decisions.PixelDecision`` of a flagged image (area, boxes at the original size).
+        defect: defect type from the target's folder name (``good`` for normal), else ``None``.
     """
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary of this prediction."""
+        d: dict[str, Any] = {"name": self.name, "path": str(self.path), "score": self.score,
+                             "decision": self.decision, "label": self.label}
+        if self.region is not None:
+            d.update(self.region.to_dict())
+        return d
 
     path: Path
     name: str
@@ -81,6 +97,8 @@ class Prediction:
     decision: str | None
     label: int | None = None
     map_path: Path | None = None
+    region: Any = None
+    defect: str | None = None
     _map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -133,6 +151,20 @@ class Results:
         """Predictions decided ``anomalous``, highest score first."""
         return sorted((p for p in self.predictions if p.decision == "anomalous"), key=lambda p: -p.score)
 
+    def summary(self) -> dict[str, Any]:
+        """One machine-readable summary (``--json``): counts, threshold, flagged list, metrics, outliers."""
+        cal = self.calibration
+        return {"n_scored": len(self.predictions), "n_flagged": len(self.flagged), "n_errors": len(self.errors),
+                "threshold": cal.threshold, "pixel_threshold": cal.pixel_threshold, "threshold_source": cal.source,
+                "threshold_rule": cal.rule, "target_fpr": cal.target_fpr, "expected_fpr": cal.expected_fpr,
+                "threshold_description": cal.description,
+                "outlier_references": cal.outliers, "warnings": cal.warnings(),
+                "flagged": [p.to_dict() for p in self.flagged],
+                "metrics": self.metrics, "labels_source": (self.record or {}).get("settings", {}).get("labels_source"),
+                "out": str(self.out) if self.out else None,
+                "report": str(self.out / "report.html") if self.out else None,
+                "errors": [{"path": str(p), "reason": r} for p, r in self.errors]}
+
     @property
     def scores(self) -> list[float]:
         return [p.score for p in self.predictions]
@@ -154,15 +186,16 @@ def as_targets(targets: PathLike | Sample | Sequence[PathLike | Sample] | None) 
 
 
 def resolve_targets(method_cls: type, targets: Sequence[PathLike | Sample] = (), labels: PathLike | None = None,
-                    demo: Any = None, demo_size: int = DEFAULT_DEMO_SIZE) -> list[Sample]:
+                    demo: Any = None, demo_size: int = DEFAULT_DEMO_SIZE, folder_labels: bool = True) -> list[Sample]:
     """Targets -> samples: the demo's seeded mix, given ``Sample`` objects, or files and folders
-    collected by ``targets.collect_samples`` (labelled from the ``labels`` CSV).
+    collected by ``targets.collect_samples`` (labelled from the ``labels`` CSV, else, with
+    ``folder_labels``, from ``good/`` / ``ok/`` / ``normal/`` / ``nominal/`` and defect sub-folders).
 
     Raises:
         OptionError: targets with ``demo``, or no targets. DatasetError: nothing found.
     """
     from fsiad.fewshot.workflow.demo import demo_targets, load_demo
-    from fsiad.fewshot.workflow.targets import collect_samples, read_labels_csv
+    from fsiad.fewshot.workflow.targets import collect_samples, label_from_folders, read_labels_csv
 
     targets = as_targets(targets)
     if demo is not None:
@@ -174,9 +207,22 @@ def resolve_targets(method_cls: type, targets: Sequence[PathLike | Sample] = (),
     if all(isinstance(t, Sample) for t in targets):
         return targets
     samples = collect_samples(method_cls, targets, read_labels_csv(labels) if labels else None)
+    if labels is None and folder_labels:
+        samples = label_from_folders(targets, samples)
     if not samples:
         raise DatasetError(f"no images found in {', '.join(map(str, targets))}")
     return samples
+
+
+def labels_source(samples: Sequence[Sample], labels: PathLike | None, demo: Any) -> str | None:
+    """Where the targets' labels came from: ``csv <path>``, ``demo``, ``folder names`` or ``None``."""
+    if labels:
+        return f"csv {labels}"
+    if demo is not None:
+        return "demo"
+    if any(s.label is not None for s in samples):
+        return "folder names (good/ ok/ normal/ nominal/ = normal, other sub-folders = defect types)"
+    return None
 
 
 def _file_stamp(path: Path) -> list[Any]:
@@ -229,7 +275,7 @@ class FittedModel:
         t0 = time.perf_counter()
         overrides = {k: v for k, v in overrides.items() if v is not None}
         method, meta = load_model(directory, **overrides)
-        info = {k: meta.get(k) for k in ("shots", "seed", "normal", "demo", "threshold_rule", "references")}
+        info = {k: meta.get(k) for k in ("shots", "seed", "normal", "demo", "threshold_rule", "target_fpr", "references")}
         info.update(model=str(directory), overrides=overrides, chunk_size=int(meta.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                     timings={"load_s": round(time.perf_counter() - t0, 3)})
         refs = [Sample(path=Path(p), label=0) for p in meta.get("references") or []]
@@ -245,7 +291,8 @@ class FittedModel:
     def _save(self, folder: OutputFolder) -> None:
         from fsiad.fewshot.workflow.model import save_model
 
-        keys = ("shots", "seed", "normal", "demo", "threshold_rule", "references", "timings", "chunk_size")
+        keys = ("shots", "seed", "normal", "demo", "threshold_rule", "target_fpr", "references", "timings",
+                "chunk_size")
         info = {k: self.info.get(k) for k in keys if k in self.info}
         save_model(self.method, folder.path, self.calibration, {**info, "config": asdict(self.method.config)})
         folder.keep()
@@ -253,7 +300,8 @@ class FittedModel:
     def predict(self, targets: Sequence[PathLike | Sample] = (), *, out: PathLike | None = None,
                 labels: PathLike | None = None, demo: Any = None, demo_size: int = DEFAULT_DEMO_SIZE,
                 chunk_size: int | None = None, overwrite: bool = False, keep_maps: bool | None = None,
-                progress: bool = False, log: Log = _quiet, run_info: dict[str, Any] | None = None) -> Results:
+                progress: bool = False, log: Log = _quiet, run_info: dict[str, Any] | None = None,
+                folder_labels: bool = True) -> Results:
         """Score ``targets`` (image files, folders, or ``Sample`` objects); write ``out`` if given.
 
         Args:
@@ -265,6 +313,7 @@ class FittedModel:
             keep_maps: keep maps in memory (default: only when ``out`` is ``None``).
             progress: progress bars on stderr. log: receives progress and warning lines.
             run_info: extra ``run.json`` settings (e.g. ``command``, ``argv``).
+            folder_labels: without ``labels``, label targets from folder names (``targets.py``).
 
         Raises:
             OutputOverlapError, OutputLockedError, OutputExistsError, DatasetError, OptionError.
@@ -274,14 +323,42 @@ class FittedModel:
         inputs = [*[t for t in targets if not isinstance(t, Sample)], labels, self.info.get("model")]
         if out is not None:
             check_output(out, inputs)
-        samples = resolve_targets(type(self.method), targets, labels, demo, demo_size)
+        samples = resolve_targets(type(self.method), targets, labels, demo, demo_size, folder_labels)
         folder = OutputFolder(out, "fsiad predict") if out is not None else contextlib.nullcontext()
         with folder as held:
             return self._run(samples, held, targets=targets, labels=labels, demo=demo, demo_size=demo_size,
                              chunk_size=chunk_size, overwrite=overwrite, keep_maps=keep_maps, progress=progress,
-                             log=log, run_info={"command": "predict", **(run_info or {})}, t_start=t0)
+                             log=log, run_info={"command": "predict", **(run_info or {}),
+                                                "labels_source": labels_source(samples, labels, demo)}, t_start=t0)
 
     # -- internals --------------------------------------------------------------------------
+    def _pixel_decisions(self, images: Sequence[ScoredImage], folder: OutputFolder | None,
+                         maps: dict[str, np.ndarray]) -> None:
+        """Defect mask, area and boxes of each flagged image at its original size (``masks/<name>.png``)."""
+        from fsiad.fewshot.workflow import decisions, render
+
+        cal = self.calibration
+        pix = cal.pixel_threshold if cal.pixel_threshold is not None else cal.threshold
+        if cal.threshold is None or pix is None:
+            return
+        for im in images:
+            if decision(im.score, cal.threshold) != "anomalous":
+                continue
+            amap = maps.get(im.name)
+            if amap is None:
+                if folder is None:
+                    continue
+                amap = np.load(folder.map_path(im.name))
+            try:
+                size = decisions.image_size(im.path)
+            except (OSError, ValueError):
+                size = amap.shape
+            mask = decisions.defect_mask(amap, size, pix)
+            im.region = decisions.describe_mask(mask)
+            if folder is not None:
+                folder.mask_path(im.name).parent.mkdir(exist_ok=True)
+                render.save_png(decisions.mask_png(mask), folder.mask_path(im.name))
+
     def _identity(self, samples: Sequence[Sample]) -> dict[str, Any]:
         """Settings that make two runs' scores interchangeable (the resume fingerprint)."""
         from fsiad.fewshot.workflow.model import encoder_identity
@@ -304,6 +381,7 @@ class FittedModel:
         return {**run_info, "method": self.method.name,
                 **{k: info.get(k) for k in ("shots", "seed", "normal", "demo", "threshold_rule", "references")},
                 **({"model": info["model"], "overrides": info.get("overrides")} if "model" in info else {}),
+                "target_fpr": info.get("target_fpr"),
                 "timings": info.get("timings", {}), "targets_also_references": overlap,
                 "targets": [str(t.path if isinstance(t, Sample) else t) for t in targets], "n_targets": len(samples),
                 "labels": str(labels) if labels else None, "demo_size": demo_size if demo else None,
@@ -318,6 +396,8 @@ class FittedModel:
         chunk = chunk_size or int(self.info.get("chunk_size") or DEFAULT_CHUNK_SIZE)
         keep = folder is None if keep_maps is None else keep_maps
         thr = self.calibration.threshold
+        for line in self.calibration.warnings():
+            log(line)
         ref_paths = {Path(r.path).resolve() for r in self.references}
         overlap = sum(Path(s.path).resolve() in ref_paths for s in samples)
         if overlap:
@@ -361,6 +441,7 @@ class FittedModel:
             errors.extend(errs)
         predict_s = time.perf_counter() - t_pred
         done = [im for im in images if im is not None]
+        self._pixel_decisions(done, folder, maps)
         n_new = len(done) - len(reused)
         record = None
         if folder is not None:
@@ -372,7 +453,8 @@ class FittedModel:
                                    [r for r in self.references if Path(r.path).is_file()], (lo, hi),
                                    progress=progress, extra=extra)
         preds = [Prediction(im.path, im.name, im.score, decision(im.score, thr), im.label,
-                            folder.map_path(im.name) if folder is not None else None, maps.get(im.name))
+                            folder.map_path(im.name) if folder is not None else None, im.region, im.defect,
+                            maps.get(im.name))
                  for im in done]
         return Results(preds, errors, self.calibration, label_metrics(done, thr), len(reused),
                        folder.path if folder is not None else None, record, round(time.perf_counter() - t_start, 3))
@@ -388,7 +470,9 @@ class InspectionSession:
         shots: K normal references (0 for zero-shot and transductive methods).
         seed: seed of the reference draw (and of stochastic methods).
         threshold: user-given decision threshold; ``None`` = leave-one-out calibration.
-        threshold_rule: ``max`` or ``mean+<k>std`` over the leave-one-out scores.
+        threshold_rule: ``tail`` (robust tail fit at ``target_fpr``, odd references left out),
+            ``max`` or ``mean+<k>std`` over the leave-one-out scores (``thresholds.py``).
+        target_fpr: false-alarm rate the ``tail`` rule aims at.
         progress: progress bars on stderr. log: receives progress and warning lines.
     """
 
@@ -397,12 +481,15 @@ class InspectionSession:
     shots: int = 4
     seed: int = 0
     threshold: float | None = None
-    threshold_rule: str | ThresholdRule = "max"
+    threshold_rule: str | ThresholdRule = DEFAULT_RULE
+    target_fpr: float = DEFAULT_TARGET_FPR
     progress: bool = False
     log: Log = _quiet
 
     def rule(self) -> ThresholdRule:
         """The parsed threshold rule (``OptionError`` when invalid)."""
+        if not 0.0 < float(self.target_fpr) < 0.5:
+            raise OptionError(f"--target-fpr {self.target_fpr}: must be between 0 and 0.5 (e.g. 0.01)")
         if isinstance(self.threshold_rule, ThresholdRule):
             return self.threshold_rule
         try:
@@ -441,7 +528,7 @@ class InspectionSession:
     def score(self, targets: Sequence[PathLike | Sample] = (), *, normal: PathLike | None = None, demo: Any = None,
               out: PathLike | None = None, labels: PathLike | None = None, demo_size: int = DEFAULT_DEMO_SIZE,
               chunk_size: int | None = None, overwrite: bool = False, keep_maps: bool | None = None,
-              run_info: dict[str, Any] | None = None) -> Results:
+              run_info: dict[str, Any] | None = None, folder_labels: bool = True) -> Results:
         """``fit`` on ``normal`` (or the demo) then ``FittedModel.predict`` on ``targets``, in one go.
 
         Inputs and the output folder are checked before anything is loaded; ``out`` is locked
@@ -455,14 +542,16 @@ class InspectionSession:
         check_shots(cls, self.shots)
         if out is not None:
             check_output(out, [normal, *[t for t in targets if not isinstance(t, Sample)], labels])
-        samples = resolve_targets(cls, targets, labels, demo_cat, demo_size)
+        samples = resolve_targets(cls, targets, labels, demo_cat, demo_size, folder_labels)
         refs = select_references(cls, self.shots, self.seed, normal, demo_cat)
         folder = OutputFolder(out, "fsiad score") if out is not None else contextlib.nullcontext()
         with folder as held:
             model = self._fit(refs, normal, demo_cat, rule)
             return model._run(samples, held, targets=targets, labels=labels, demo=demo_cat, demo_size=demo_size,
                               chunk_size=chunk_size, overwrite=overwrite, keep_maps=keep_maps,
-                              progress=self.progress, log=self.log, run_info={"command": "score", **(run_info or {})},
+                              progress=self.progress, log=self.log,
+                              run_info={"command": "score", **(run_info or {}),
+                                        "labels_source": labels_source(samples, labels, demo_cat)},
                               t_start=t0)
 
     def _fit(self, refs: list[Sample], normal: PathLike | None, demo: Any, rule: ThresholdRule) -> FittedModel:
@@ -476,9 +565,10 @@ class InspectionSession:
         m = create_method(self.method, cfg)
         load_s = time.perf_counter() - t0
         self.log(f"fitting on {len(refs)} reference(s) (seed {self.seed}) and calibrating the threshold ...")
-        calibration, timings = fit_references(m, refs, self.seed, rule, self.threshold)
+        calibration, timings = fit_references(m, refs, self.seed, rule, self.threshold, float(self.target_fpr))
         info = {"shots": self.shots, "seed": self.seed, "normal": str(normal) if normal else None,
                 "demo": demo.name if demo is not None else None, "threshold_rule": str(rule),
+                "target_fpr": float(self.target_fpr),
                 "references": [str(r.path) for r in refs], "timings": {"load_s": round(load_s, 3), **timings}}
         return FittedModel(m, calibration, list(refs), info)
 

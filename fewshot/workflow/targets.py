@@ -1,4 +1,12 @@
-"""Target discovery: image files and folders -> ordered samples with unique output names."""
+"""Target discovery: image files and folders -> ordered samples with unique output names.
+
+Labels come from a ``path,label`` CSV (``read_labels_csv``) or, without one, from folder names
+(``label_from_folders``): in a target folder that has a sub-folder named ``good``, ``ok``,
+``normal`` or ``nominal`` (any case), images under that sub-folder are normal and images under
+its other sub-folders are anomalous, the sub-folder's name being the defect type (MVTec layout:
+``test/good``, ``test/crack``, ...). Images directly in the target folder stay unlabelled, and a
+folder without a normal-named sub-folder labels nothing (``line1/``, ``line2/`` are not defects).
+"""
 
 from __future__ import annotations
 
@@ -162,4 +170,28 @@ def make_samples(paths: Sequence[Path], labels: dict[Path, int] | None = None) -
     for p in paths:
         label = labels.get(p.resolve())
         out.append(Sample(path=p, label=label, defect="good" if label == 0 else ("unknown" if label is None else "anomalous")))
+    return out
+
+
+NORMAL_FOLDERS = ("good", "ok", "normal", "nominal")
+
+
+def label_from_folders(roots: Sequence[str | Path], samples: Sequence[Sample]) -> list[Sample]:
+    """Label unlabelled ``samples`` from the sub-folder of a target ``root`` they lie in (module docstring)."""
+    bases = []
+    for r in map(Path, roots):
+        if r.is_dir() and any(d.is_dir() and d.name.lower() in NORMAL_FOLDERS for d in r.iterdir()):
+            bases.append(r.resolve())
+    if not bases:
+        return list(samples)
+    out = []
+    for s in samples:
+        p = Path(s.path).resolve()
+        for base in bases:
+            if s.label is None and base in p.parents and len(p.relative_to(base).parts) >= 2:
+                sub = p.relative_to(base).parts[0]
+                normal = sub.lower() in NORMAL_FOLDERS
+                s = replace(s, label=0 if normal else 1, defect="good" if normal else sub)
+                break
+        out.append(s)
     return out

@@ -1,10 +1,37 @@
-"""Decision thresholds: user-given, or calibrated on the normal references by leave-one-out.
+"""Decision thresholds: user-given, or calibrated on the K normal references by leave-one-out.
 
-Calibration rule (documented in ``run.json`` and the report): for each of the K reference
-images, fit the method on the other K-1 references, score the held-out one; the K
-leave-one-out (LOO) scores are summarised by ``max`` (default) or ``mean+<k>std``. A held-out
-normal is scored by a model with one reference fewer than the final K-shot model, so LOO
-scores are biased upwards: the threshold errs on the side of fewer false alarms.
+Leave-one-out (LOO): for each reference, the method is fitted on the other K-1 and scores the
+held-out one. A held-out normal is scored by a model with one reference fewer than the final
+K-shot model, so LOO scores err upwards (towards fewer false alarms).
+
+Default rule ``tail`` (``--threshold-rule tail``, ``--target-fpr`` = 0.01), built for few shots:
+
+1. **Samples.** Each held-out reference is scored together with ``N_VIEWS`` augmented views of
+   itself (``augment_views``: gains, gammas, sensor noise): the lighting and focus
+   variations a normal part shows on a line. Geometric views are not used (shifts need padding,
+   which reads as a defect at a texture's border; flips of an asymmetric object are defects for
+   methods without flipped memory). K references give K * (1 + N_VIEWS) normal scores.
+2. **Odd references.** Per reference, the median of its LOO scores (original and views) is
+   compared with the others on log scores: robust z = (log s_i - median) / (1.4826 MAD), the
+   scale floored at ``MIN_LOG_SCALE``. A reference with z > ``OUTLIER_Z`` and a score above
+   ``OUTLIER_RATIO`` x the median is an **outlier reference**: named in the console, the report
+   and ``run.json`` with what to do (check it; replace it if it is not a good part), and
+   excluded from the threshold fit (it stays in the fitted model). Needs K >= 3; at most
+   (K - 1) // 2 references are excluded.
+3. **Tail fit.** On the remaining samples, a log-normal with robust location mu = median(log s)
+   and scale sigma = max(1.4826 MAD(log s), ``MIN_LOG_SCALE``), widened for the few references
+   behind it by sqrt(1 + 1/K_used). threshold = exp(mu + z_(1 - target_fpr) * sigma): the score a
+   normal part exceeds with probability ``target_fpr`` under the fit (the expected false-alarm
+   rate, recorded). Scores <= 0 (a method whose scores are not positive) are fitted on the raw
+   scale (a normal law) instead. Extreme-value (GPD) fits need hundreds of samples; with a
+   handful of references they are not attempted.
+4. **Pixels.** The same fit over the maximum of each LOO map gives the pixel threshold: a normal
+   part shows any pixel above it with probability about ``target_fpr``. Defect masks are the
+   pixels of a flagged image at or above it. ``map_floor`` (median of the LOO maps' medians) is
+   the normal background level, the bottom of the colour scale.
+
+Rules ``max`` and ``mean+<k>std`` over the K LOO scores (originals only) stay available; they
+state no false-alarm rate and do not exclude odd references (the outlier check still warns).
 LOO needs K >= 2 for methods that require references (K >= 1 for zero-shot methods) and is
 unavailable for transductive methods (they score a set, not one image); there, and for
 zero-shot runs without references, the run gives scores only unless ``--threshold`` is set.
@@ -16,7 +43,8 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -25,37 +53,92 @@ from fsiad.fewshot.data.base import Sample
 from fsiad.fewshot.methods.base import AnomalyMethod
 
 _MEAN_STD = re.compile(r"^mean\+(\d+(?:\.\d+)?)std$")
+DEFAULT_RULE = "tail"
+DEFAULT_TARGET_FPR = 0.01
+N_VIEWS = 6
+GAINS = (0.93, 1.07)
+GAMMAS = (0.9, 1.1)
+OUTLIER_Z = 3.5
+OUTLIER_RATIO = 1.5
+MIN_LOG_SCALE = 0.1
+MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How LOO scores become a threshold: ``max`` or ``mean+<k>std`` (population std)."""
+    """How LOO scores become a threshold: ``tail`` (default), ``max`` or ``mean+<k>std``."""
 
-    kind: str = "max"
+    kind: str = DEFAULT_RULE
     k: float = 0.0
 
     @staticmethod
     def parse(text: str) -> ThresholdRule:
-        """``"max"`` or ``"mean+3std"`` -> rule; anything else raises ``ValueError``."""
+        """``"tail"``, ``"max"`` or ``"mean+3std"`` -> rule; anything else raises ``ValueError``."""
         text = text.strip().lower().replace(" ", "")
-        if text == "max":
-            return ThresholdRule("max")
+        if text in ("tail", "max"):
+            return ThresholdRule(text)
         m = _MEAN_STD.match(text)
         if m:
             return ThresholdRule("mean_std", float(m.group(1)))
-        raise ValueError(f"unknown threshold rule {text!r}; use 'max' or 'mean+<k>std' (e.g. mean+3std)")
+        raise ValueError(f"unknown threshold rule {text!r}; use 'tail', 'max' or 'mean+<k>std' (e.g. mean+3std)")
 
     def __str__(self) -> str:
-        return "max" if self.kind == "max" else f"mean+{self.k:g}std"
+        return {"max": "max", "tail": "tail"}.get(self.kind, f"mean+{self.k:g}std")
 
-    def apply(self, scores: Sequence[float]) -> float:
-        """Threshold from LOO ``scores`` (at least one)."""
+    def apply(self, scores: Sequence[float], target_fpr: float = DEFAULT_TARGET_FPR, n_groups: int | None = None
+              ) -> float:
+        """Threshold from LOO ``scores`` (at least one); ``tail`` uses ``tail_fit``."""
         s = np.asarray(scores, dtype=np.float64)
         if s.size == 0:
             raise ValueError("no leave-one-out scores to calibrate on")
         if self.kind == "max":
             return float(s.max())
+        if self.kind == "tail":
+            return tail_fit(s, target_fpr, n_groups)["threshold"]
         return float(s.mean() + self.k * s.std())
+
+
+def tail_fit(samples: Sequence[float], target_fpr: float, n_groups: int | None = None) -> dict[str, Any]:
+    """Robust log-normal tail fit (see the module docstring, step 3).
+
+    Args:
+        samples: normal scores (LOO scores and their views).
+        target_fpr: wanted probability that a normal score is at or above the threshold.
+        n_groups: independent references behind the samples (default: the number of samples).
+
+    Returns:
+        ``{"threshold", "space" ("log" | "linear"), "mu", "sigma", "z", "n_samples", "n_groups"}``.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("no scores to fit")
+    if not 0.0 < target_fpr < 0.5:
+        raise ValueError(f"target false-alarm rate must be in (0, 0.5), got {target_fpr}")
+    groups = int(n_groups or s.size)
+    log = bool((s > 0).all())
+    x = np.log(s) if log else s
+    mu = float(np.median(x))
+    mad = float(np.median(np.abs(x - mu))) * MAD_TO_SIGMA
+    floor = MIN_LOG_SCALE if log else MIN_LOG_SCALE * max(abs(mu), float(np.abs(x).max()), 1e-12)
+    sigma = max(mad, floor) * math.sqrt(1.0 + 1.0 / max(groups, 1))
+    z = NormalDist().inv_cdf(1.0 - target_fpr)
+    t = mu + z * sigma
+    return {"threshold": float(math.exp(t) if log else t), "space": "log" if log else "linear", "mu": mu,
+            "sigma": sigma, "z": z, "n_samples": int(s.size), "n_groups": groups}
+
+
+def find_outliers(per_ref: Sequence[float]) -> list[tuple[int, float]]:
+    """Odd references (module docstring, step 2): ``[(index, robust z)]``, highest z first."""
+    v = np.asarray(per_ref, dtype=np.float64)
+    if v.size < 3 or not (v > 0).all():
+        return []
+    x = np.log(v)
+    med = float(np.median(x))
+    scale = max(float(np.median(np.abs(x - med))) * MAD_TO_SIGMA, MIN_LOG_SCALE)
+    z = (x - med) / scale
+    odd = [(int(i), float(z[i])) for i in np.argsort(-z)
+           if z[i] > OUTLIER_Z and v[i] > OUTLIER_RATIO * math.exp(med)]
+    return odd[: (v.size - 1) // 2]
 
 
 @dataclass
@@ -68,6 +151,14 @@ class Calibration:
         rule: ``str(ThresholdRule)`` for ``loo``, else ``""``.
         description: one human-readable sentence for the report and the console.
         loo_scores: leave-one-out scores of the references (``loo`` only), in reference order.
+        target_fpr: false-alarm rate aimed at (``tail``), else ``None``.
+        expected_fpr: false-alarm rate expected under the fit (``tail``: = target), else ``None``.
+        view_scores: per reference, the LOO scores of its augmented views.
+        outliers: odd references: ``{"index", "path", "score", "robust_z", "advice"}``.
+        fit: the tail fit's parameters (``tail_fit``), with ``excluded`` reference indices.
+        pixel_threshold: map value at or above which a pixel of a flagged image is defective.
+        map_floor: normal background level of the maps (bottom of the colour scale).
+        references: reference paths, in order (for naming outliers).
     """
 
     threshold: float | None
@@ -75,20 +166,34 @@ class Calibration:
     rule: str = ""
     description: str = ""
     loo_scores: list[float] = field(default_factory=list)
+    target_fpr: float | None = None
+    expected_fpr: float | None = None
+    view_scores: list[list[float]] = field(default_factory=list)
+    outliers: list[dict[str, Any]] = field(default_factory=list)
+    fit: dict[str, Any] = field(default_factory=dict)
+    pixel_threshold: float | None = None
+    map_floor: float | None = None
+    references: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Calibration:
-        return Calibration(**d)
+        known = {f.name for f in fields(Calibration)}
+        return Calibration(**{k: v for k, v in d.items() if k in known})
+
+    def warnings(self) -> list[str]:
+        """One line per outlier reference, saying what to do."""
+        return [f"warning: reference {o['path']} is unlike the others (leave-one-out score {o['score']:.4g}, "
+                f"robust z {o['robust_z']:.1f}); {o['advice']}" for o in self.outliers]
 
 
 def user_threshold(value: float) -> Calibration:
     """A threshold given by the user."""
     if not math.isfinite(value):
         raise ValueError(f"threshold must be a finite number, got {value}")
-    return Calibration(float(value), "user", "", f"user-given threshold {value:g}")
+    return Calibration(float(value), "user", "", f"user-given threshold {value:g}", pixel_threshold=float(value))
 
 
 def loo_unavailable_reason(method: AnomalyMethod, n_refs: int) -> str | None:
@@ -103,7 +208,37 @@ def loo_unavailable_reason(method: AnomalyMethod, n_refs: int) -> str | None:
     return None
 
 
-def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: ThresholdRule, seed: int = 0) -> Calibration:
+def augment_views(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``N_VIEWS`` nuisance views of ``[1, 3, S, S]`` images in [0, 1]: lighting and focus.
+
+    Gains 0.93 / 1.07, gammas 0.9 / 1.1 and two draws of Gaussian noise (std 0.01, seeded).
+    Geometric views are not used: shifts need padding, which reads as a defect at the border of
+    a texture, and flips of an asymmetric object are defects for methods without flipped memory.
+    Blur is not used either: at the model's resolution it erases a fine texture (a real change).
+    """
+    if not x.is_floating_point():  # uint8 images (native-size batches)
+        return (augment_views(x.float() / 255.0, seed) * 255.0 + 0.5).to(x.dtype)
+    g = torch.Generator().manual_seed(seed)
+    noise = [x + 0.01 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)]
+    views = [x * GAINS[0], x * GAINS[1], x.clamp_min(0) ** GAMMAS[0], x.clamp_min(0) ** GAMMAS[1], *noise]
+    return torch.cat(views).clamp(0.0, 1.0)
+
+
+def with_views(batch: Any, seed: int = 0) -> Any:
+    """One prepared image followed by its ``augment_views``: a ``[1 + N_VIEWS, 3, S, S]`` tensor,
+    or the same batch type for batches of native-size images (``.images`` list + ``.sizes``).
+    Other batch types are returned unchanged (no views: the original only)."""
+    if isinstance(batch, torch.Tensor) and batch.ndim == 4 and batch.shape[0] == 1:
+        return torch.cat([batch, augment_views(batch, seed)])
+    images, sizes = getattr(batch, "images", None), getattr(batch, "sizes", None)
+    if isinstance(images, list) and len(images) == 1 and isinstance(images[0], torch.Tensor) and sizes:
+        views = list(augment_views(images[0][None], seed))
+        return type(batch)([images[0], *views], [sizes[0]] * (1 + len(views)))
+    return batch
+
+
+def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: ThresholdRule, seed: int = 0,
+                  target_fpr: float = DEFAULT_TARGET_FPR) -> Calibration:
     """Leave-one-out threshold on ``refs``; ``method`` is left fitted on a subset (refit it).
 
     Wrap the call in ``feature_cache(method)`` to encode each reference once.
@@ -111,16 +246,53 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
     reason = loo_unavailable_reason(method, len(refs))
     if reason:
         return no_threshold(reason)
-    scores = []
+    scores: list[float] = []
+    views: list[list[float]] = []
+    map_max: list[list[float]] = []
+    map_med: list[float] = []
     for i in range(len(refs)):
         rest = [r for j, r in enumerate(refs) if j != i]
         torch.manual_seed(seed)
         method.fit(method.prepare(rest) if rest else None)
-        scores.append(float(method.predict(method.prepare([refs[i]])).image_scores[0]))
-    value = rule.apply(scores)
-    desc = (f"threshold {value:.6g} = {rule} of {len(scores)} leave-one-out scores of the normal references "
-            f"(each scored by a model fitted on the other {len(refs) - 1})")
-    return Calibration(value, "loo", str(rule), desc, scores)
+        held = with_views(method.prepare([refs[i]]), seed + i)
+        res = method.predict(held)
+        s = [float(v) for v in res.image_scores]
+        maps = res.anomaly_maps.detach().cpu().float().flatten(1)
+        scores.append(s[0])
+        views.append(s[1:])
+        map_max.append([float(v) for v in maps.max(1).values])
+        map_med.append(float(maps[0].median()))
+    paths = [str(r.path) for r in refs]
+    per_ref = [float(np.median([a, *b])) for a, b in zip(scores, views, strict=True)]
+    odd = find_outliers(per_ref)
+    outliers = [{"index": i, "path": paths[i], "score": scores[i], "robust_z": round(z, 2),
+                 "advice": "check this part; if it is not a good, typical part, replace it in the normal folder "
+                           "(it was left out of the threshold fit)" if rule.kind == "tail" else
+                           "check this part; if it is not a good, typical part, replace it in the normal folder "
+                           "(with this rule it still sets the threshold; the default rule 'tail' leaves it out)"}
+                for i, z in odd]
+    keep = [i for i in range(len(refs)) if i not in {o["index"] for o in outliers}]
+    image_samples = [v for i in keep for v in (scores[i], *views[i])]
+    pixel_samples = [v for i in keep for v in map_max[i]]
+    fit: dict[str, Any] = {}
+    if rule.kind == "tail":
+        fit = tail_fit(image_samples, target_fpr, len(keep))
+        value = fit["threshold"]
+        pix = tail_fit(pixel_samples, target_fpr, len(keep))
+        fit = {**fit, "excluded": [o["index"] for o in outliers], "pixel": pix}
+        pixel_value = pix["threshold"]
+        desc = (f"threshold {value:.6g} = robust log-normal tail fit at a target false-alarm rate of "
+                f"{target_fpr:g} over {len(image_samples)} leave-one-out scores ({len(keep)} reference(s) "
+                f"x {1 + len(views[0])} views" + (f"; {len(outliers)} odd reference(s) left out" if outliers else "")
+                + f"); pixel threshold {pixel_value:.6g}")
+    else:
+        value = rule.apply(scores)
+        pixel_value = rule.apply([m[0] for m in map_max])
+        desc = (f"threshold {value:.6g} = {rule} of {len(scores)} leave-one-out scores of the normal references "
+                f"(each scored by a model fitted on the other {len(refs) - 1}); no false-alarm rate stated")
+    return Calibration(value, "loo", str(rule), desc, scores, target_fpr if rule.kind == "tail" else None,
+                       target_fpr if rule.kind == "tail" else None, views, outliers, fit, float(pixel_value),
+                       float(np.median([map_med[i] for i in keep])), paths)
 
 
 def no_threshold(reason: str) -> Calibration:
@@ -143,3 +315,4 @@ def feature_cache(method: AnomalyMethod, max_bytes: int = 1 << 30) -> Iterator[N
     finally:
         for enc in encoders:
             enc.disable_cache()
+
