@@ -6,17 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from fsiad.cli.main import app
 from fsiad.fewshot.data import read_mask
 from fsiad.pointcloud.io import read_ply_vertices, read_xyz_tiff, valid_mask, write_ply, write_xyz_tiff
 from PIL import Image
 
+from tests.cli_helpers import run_cli
 from tests.pointcloud_helpers import SIZE, mixed_root  # noqa: F401  (fixture)
 
 
 def _run(*args):
-    return CliRunner().invoke(app, ["inspect", *map(str, args)])
+    """``fsiad inspect ARGS`` through the console script's error translator."""
+    return run_cli("inspect", *args)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +78,16 @@ def test_errors_are_one_line(fitted, tmp_path):
     assert res.exit_code == 1 and "bad.tiff: all points are zero/NaN" in res.output
     assert "Traceback" not in res.output
     res = _run(sample, "--out", tmp_path / "o")
-    assert res.exit_code == 2 and "exactly one of --normal" in res.output
+    assert res.exit_code == 1 and "exactly one of --normal" in res.output
     lone = tmp_path / "lone.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lone)
     res = _run(lone, "--model", out / "model", "--out", tmp_path / "o")
-    assert res.exit_code == 2 and "no point cloud found next to the image" in res.output
-    res = _run(sample, "--normal", tmp_path, "--method", "fpfh", "--out", tmp_path / "o")
+    assert res.exit_code == 1 and "no point cloud found next to the image" in res.output
+    (tmp_path / "refs").mkdir()
+    write_xyz_tiff(tmp_path / "refs" / "bad.tiff", np.zeros((32, 32, 3), np.float32))
+    res = _run(sample, "--normal", tmp_path / "refs", "--method", "fpfh", "--out", tmp_path / "refs" / "o")
+    assert res.exit_code == 1 and "inside the input" in res.output  # never write into an input folder
+    res = _run(sample, "--normal", tmp_path / "refs", "--method", "fpfh", "--out", tmp_path / "o")
     assert res.exit_code == 1 and "bad.tiff: all points are zero/NaN" in res.output  # bad reference named
     (tmp_path / "empty").mkdir()
     res = _run(sample, "--normal", tmp_path / "empty", "--method", "fpfh", "--out", tmp_path / "o")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from fsiad.fewshot.data import load_dataset
 from fsiad.fewshot.data.base import Category, DatasetError, Sample
-from fsiad.fewshot.data.io import read_mask
+from fsiad.fewshot.data.io import image_size, read_mask
 from fsiad.fewshot.data.sampling import sample_shots
 from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.evaluation.results import ResultsStore, shots_key
@@ -30,7 +30,6 @@ from fsiad.fewshot.fileio import OutputLock, check_out_not_input
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, create_method, method_class
 from fsiad.fewshot.methods.regime import check_shots as regime_check
 from fsiad.fewshot.metrics import image_metrics, pixel_metrics
-from PIL import Image
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -141,11 +140,7 @@ def load_masks(method: AnomalyMethod, samples: Sequence[Sample]) -> torch.Tensor
         if s.mask_path is None:
             masks.append(None)
             continue
-        try:
-            with Image.open(s.path) as im:
-                w, h = im.size
-        except OSError as e:
-            raise DatasetError(f"{s.path}: cannot read image size ({e})") from e
+        h, w = image_size(s.path)  # from the header: nothing decoded, bombs refused
         masks.append(read_mask(s.mask_path, (h, w), mode=s.extra.get("mask_mode", "auto"), image=s.path))
     return method.preprocess.masks(masks)
 
