@@ -11,6 +11,9 @@ Any other open_clip architecture / pretrained tag: ``create_clip_encoder(arch, p
 (or encoder name ``clip:ARCH/TAG`` in ``MethodConfig.encoder``); a local checkpoint by path
 with ``weights=PATH``. Only open_clip ``VisionTransformer`` towers are supported.
 
+This module holds the encoder and its construction; checkpoint discovery and reading live in
+``clip_checkpoint.py``, the text-embedding cache in ``clip_text.py`` (names re-exported here).
+
 open_clip 3.3 ``VisionTransformer`` forward: ``conv1`` -> prepend CLS -> ``+ positional
 embedding`` -> ``patch_dropout`` (identity in eval) -> ``ln_pre`` -> ``transformer`` ->
 ``_pool`` (``ln_post`` then the CLS token for ``pool_type='tok'``; attention pooling for
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,16 +33,10 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from fsiad.fewshot.encoders.base import Encoder, WeightInfo
-from fsiad.fewshot.encoders.checkpoint import WeightsFileError, is_torchscript_archive, read_state_dict
+from fsiad.fewshot.encoders.clip_checkpoint import build_model, clip_weight_spec
+from fsiad.fewshot.encoders.clip_text import read_text_cache, text_cache_dir, text_cache_key, write_text_cache
 from fsiad.fewshot.encoders.registry import RANDOM_SEED, register_encoder
-from fsiad.fewshot.encoders.weights import (
-    WeightsNotFoundError,
-    WeightSpec,
-    fsiad_home,
-    random_weights,
-    resolve_weights,
-)
-from fsiad.fewshot.errors import UnsafeFileError
+from fsiad.fewshot.encoders.weights import WeightsNotFoundError, WeightSpec, random_weights, resolve_weights
 from fsiad.fewshot.preprocess import Preprocess
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
@@ -55,11 +51,6 @@ CLIP_MODELS: dict[str, tuple[str, str, bool, str]] = {
 }
 DEFAULT_CHUNK_TOKENS = 16384
 _TEXT_BATCH = 64
-
-
-def text_cache_dir() -> Path:
-    """On-disk text-embedding cache ``$FSIAD_HOME/text-embeddings``."""
-    return fsiad_home() / "text-embeddings"
 
 
 class CLIPEncoder(Encoder):
@@ -236,8 +227,7 @@ class CLIPEncoder(Encoder):
 
     # -- text side ------------------------------------------------------------------------
     def _text_key(self, prompts: Sequence[str]) -> str:
-        payload = json.dumps({"model": self.model_id, "weights": self.weights.checksum, "prompts": list(prompts)})
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return text_cache_key(self.model_id, self.weights.checksum, prompts)
 
     def text_embedding(self, prompts: Sequence[str]) -> torch.Tensor:
         """Projected, unnormalised text embeddings ``[P, D]`` float32 (fp32 forward).
@@ -253,11 +243,11 @@ class CLIPEncoder(Encoder):
         if key in self._text_memo:
             return self._text_memo[key].clone()
         path = text_cache_dir() / f"{key}.safetensors"
-        emb = _read_text_cache(path) if self.text_cache else None
+        emb = read_text_cache(path) if self.text_cache else None
         if emb is None or emb.shape != (len(prompts), self.embed_dim):
             emb = self._encode_text(prompts)
             if self.text_cache:
-                _write_text_cache(emb, path)
+                write_text_cache(emb, path)
         self._text_memo[key] = emb
         return emb.clone()
 
@@ -298,150 +288,6 @@ def _block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tens
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _read_text_cache(path: Path) -> torch.Tensor | None:
-    """The tensor of a text-cache entry (safetensors, key ``embedding``), ``None`` if absent/unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        from safetensors.torch import load_file
-
-        emb = load_file(str(path)).get("embedding")
-    except Exception:  # noqa: BLE001 - corrupt or foreign entry: recompute and overwrite
-        return None
-    return emb.float() if isinstance(emb, torch.Tensor) and emb.ndim == 2 else None
-
-
-def _write_text_cache(t: torch.Tensor, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(t):x}.tmp")
-        save_file({"embedding": t.detach().cpu().contiguous()}, str(tmp))
-        tmp.replace(path)
-    except OSError:
-        pass  # read-only cache location: embeddings stay correct, only not persisted
-
-
-# -- weights and construction ---------------------------------------------------------------
-def _hub_finder(arch: str, tag: str):
-    """``hub(local_only)`` for open_clip pretrained tags: HF cache / open_clip URL cache."""
-
-    def hub(local_only: bool) -> str | None:
-        cfg = open_clip.get_pretrained_cfg(arch, tag)
-        if not cfg:
-            return None
-        if cfg.get("hf_hub"):
-            repo, _, fname = cfg["hf_hub"].partition("/")
-            try:
-                from huggingface_hub import try_to_load_from_cache
-
-                for name in ([fname] if fname else []) + ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
-                    hit = try_to_load_from_cache(repo, name)
-                    if isinstance(hit, str):
-                        return hit
-            except ImportError:
-                pass
-        url = cfg.get("url") or ""
-        if url:
-            cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-            if cached.is_file():
-                return str(cached)
-        if local_only:
-            return None
-        return open_clip.pretrained.download_pretrained(cfg)
-
-    return hub
-
-
-def clip_weight_spec(arch: str, tag: str | None, key: str | None = None) -> WeightSpec:
-    """Resolver spec for an open_clip ``arch`` / ``tag`` (hub step only with a known tag)."""
-    key = key or f"clip:{arch}/{tag or 'none'}"
-    fname = f"open_clip_{arch}_{tag or 'custom'}.pt".replace("/", "_")
-    hub = _hub_finder(arch, tag) if tag and open_clip.get_pretrained_cfg(arch, tag) else None
-    hub_name = f"open_clip {arch} / {tag}" if hub else None
-    howto = (f"or download the open_clip checkpoint of {arch} / {tag} on a connected machine "
-             f"(open_clip.create_model('{arch}', pretrained='{tag}')) and copy it to the cache path")
-    return WeightSpec(key=key, filename=fname, hub=hub, hub_name=hub_name, howto=howto)
-
-
-def _build(arch: str | dict, info: WeightInfo, quick_gelu: bool, image_size: int | None,
-           tag: str | None = None) -> torch.nn.Module:
-    if isinstance(arch, dict):
-        if info.path is not None:
-            raise ValueError("a custom open_clip config can only be random-initialised")
-        return open_clip.CLIP(**arch)
-    kw = {"force_quick_gelu": quick_gelu} if quick_gelu else {}
-    if image_size is not None:
-        kw["force_image_size"] = image_size
-    tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
-    norm = {k: tag_cfg[k] for k in ("mean", "std") if tag_cfg.get(k)}
-    if norm:  # the tag's normalisation (pretrained=None would leave open_clip's defaults)
-        kw["force_preprocess_cfg"] = norm
-    model = open_clip.create_model(arch, pretrained=None, **kw)
-    if info.path is not None:
-        path = Path(info.path)
-        if path.is_dir():
-            files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt"), *path.glob("*.pth")])
-            if not files:
-                raise WeightsFileError(f"{path}: no checkpoint file (*.safetensors, *.bin, *.pt) in this directory")
-            path = files[0]
-        _load_checkpoint(model, path, arch)
-    return model
-
-
-def _load_checkpoint(model: torch.nn.Module, path: Path, arch: str) -> None:
-    """Load an open_clip checkpoint into ``model`` without unpickling Python objects.
-
-    A TorchScript archive (OpenAI's original files), recognised only by torch's exact check
-    ``is_torchscript_archive``, is read with ``torch.jit.load``; anything else goes through
-    ``read_state_dict`` (safetensors, or ``torch.load(weights_only=True)``). No file-name
-    heuristic is involved: a zip with a member ``x/notconstants.pkl`` is an ordinary torch
-    file and is refused by the restricted loader when it holds anything but tensors. The
-    state dict is then adapted as ``open_clip.load_checkpoint`` does (3rd-party key names,
-    old text-tower layout, ``logit_scale`` shape, position-embedding resize).
-
-    Raises:
-        UnsafeFileError: the file holds Python objects beyond tensors (nothing ran).
-        WeightsFileError: unreadable file or keys/shapes that do not fit ``arch``.
-    """
-    from open_clip import factory as ocf
-
-    script = is_torchscript_archive(path)
-    try:
-        if script:
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):
-                sd.pop(key, None)
-        else:
-            sd = read_state_dict(path)
-        if sd and next(iter(sd)).startswith("module"):
-            sd = {k[7:]: v for k, v in sd.items()}
-        sd = ocf.convert_state_dict(model, sd)
-        if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
-            sd = ocf.convert_to_custom_text_state_dict(sd)
-        for key in ("logit_scale", "logit_bias"):
-            own = getattr(model, key, None)
-            if key in sd and own is not None and own.ndim != sd[key].ndim:
-                sd[key] = sd[key].reshape(own.shape)
-        if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None and "logit_scale" in sd:
-            sd["logit_bias"] = torch.zeros_like(sd["logit_scale"])
-        ocf.resize_pos_embed(sd, model)
-        ocf.resize_text_pos_embed(sd, model)
-        keys = model.load_state_dict(sd, strict=not script)
-    except UnsafeFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any unreadable / mismatching file -> one-line error
-        first = (str(exc).strip().splitlines() or [""])[0]
-        if isinstance(exc, WeightsFileError) and first.startswith(f"{path}: "):
-            first = first[len(f"{path}: "):]
-        raise WeightsFileError(f"{path}: not a checkpoint of open_clip {arch}: {type(exc).__name__}: {first}") from None
-    if script:  # scripted modules also carry non-persistent buffers such as the text attn_mask
-        bad = list(keys.missing_keys) + [k for k in keys.unexpected_keys if k != "attn_mask"]
-        if bad:
-            raise WeightsFileError(f"{path}: not a checkpoint of open_clip {arch}: mismatching keys {bad[:5]}")
-
-
 def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weights: str | Path | None = None,
                         device: str = "cpu", precision: str = "fp32", image_size: int | None = None,
                         allow_random: bool = False, quick_gelu: bool | None = None, name: str | None = None,
@@ -473,12 +319,12 @@ def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weig
         info = random_weights(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _build(arch, info, quick, image_size, pretrained)
+            model = build_model(arch, info, quick, image_size, pretrained)
     else:
         if isinstance(arch, dict):
             raise WeightsNotFoundError(WeightSpec(key=key, filename=f"{model_id}.pt"), "custom configs are random-init only")
         info = resolve_weights(clip_weight_spec(arch, pretrained, key), weights)
-        model = _build(arch, info, quick, image_size, pretrained)
+        model = build_model(arch, info, quick, image_size, pretrained)
     tok_arch = "ViT-B-16" if isinstance(arch, dict) else arch
     ctx = int(model.context_length) if hasattr(model, "context_length") else None
     tokenizer = _tokenizer(tok_arch, ctx)
@@ -502,7 +348,7 @@ def _factory(name: str):
     arch, tag, quick, _ = CLIP_MODELS[name]
 
     def factory(info: WeightInfo, *, device: str, precision: str, image_size: int | None) -> CLIPEncoder:
-        model = _build(arch, info, quick, image_size, tag)
+        model = build_model(arch, info, quick, image_size, tag)
         model_id = f"{arch}/{tag}" + (f"@{image_size}" if image_size is not None else "")
         return CLIPEncoder(model, _tokenizer(arch), name=name, model_id=model_id, weights=info,
                            device=device, precision=precision)
