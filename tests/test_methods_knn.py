@@ -22,7 +22,8 @@ def test_augment_shots_views():
 
 
 def test_random_encoder_contract_and_memory():
-    cfg = MethodConfig(encoder="dinov2_vits14", image_size=56, allow_random=True, options={"augment": "rot4"})
+    cfg = MethodConfig(encoder="dinov2_vits14", image_size=56, allow_random=True,
+                       options={"augment": "rot4", "preset": "mid", "geometry": "square"})
     m = create_method("knn", cfg)
     with pytest.raises(ValueError, match="at least one"):
         m.fit(None)

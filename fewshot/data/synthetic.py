@@ -9,6 +9,10 @@ Two kinds of category, chosen by the category name's prefix:
 - ``object*``: a shaded ring with a dark tab on a grey background, with small pose
   (translation ±3 %, rotation ±10°) and lighting jitter. Defects: ``missing`` (a bite of the
   ring replaced by background) and ``contamination`` (dark irregular blob on the ring).
+- ``wide*``: a wide inspection image (``2.46 S x S``, e.g. 1130 x 460 for ``S = 460``) of a
+  brushed surface with horizontal streaks, a row of bright rivets and a lighting gradient.
+  Tiny defects of 0.1-0.5 % of the image area: ``spot`` (dark or bright irregular spot) and
+  ``scratch`` (thin dark line).
 
 Each defect changes exactly the pixels of its mask (no anti-aliasing), masks are 0/255 PNG
 (VisA variant: class indices 1, 2). Everything is deterministic per ``seed``.
@@ -24,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEFECTS = {"texture": ("scratch", "color"), "object": ("missing", "contamination")}
+DEFECTS = {"texture": ("scratch", "color"), "object": ("missing", "contamination"),
+           "wide": ("spot", "scratch")}
 
 
 def _kind(name: str) -> str:
@@ -115,9 +120,48 @@ def _object_sample(rng: np.random.Generator, s: int, defect: str | None) -> tupl
     return img, mask
 
 
+def _wide_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Wide brushed surface ``[S, 2.46 S, 3]`` with rivets; tiny defects (0.1-0.5 % of the area)."""
+    h, w = s, int(round(2.46 * s))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    streak = rng.normal(0, 1, (h, 1)).astype(np.float32)
+    streak = np.convolve(streak[:, 0], np.ones(3) / 3, mode="same")[:, None]
+    fine = rng.normal(0, 1, (h, w // 8 + 2)).astype(np.float32)
+    fine = np.repeat(fine, 8, axis=1)[:, :w]
+    shade = 1 + 0.04 * streak + 0.02 * fine + rng.uniform(-0.08, 0.08) * (x / w - 0.5)
+    img = shade[..., None] * (np.array([128, 130, 134], np.float32) * rng.uniform(0.94, 1.06))
+    period = w / 12
+    off = rng.uniform(-0.01, 0.01) * w
+    for cx in np.arange(period / 2, w, period) + off:  # a row of rivets at a fixed height
+        rivet = np.hypot(y - 0.2 * h, x - cx) <= 0.035 * h
+        img[rivet] = img[rivet] * 0.5 + 110
+    img += rng.normal(0, 3, (h, w, 3))
+    mask = np.zeros((h, w), bool)
+    if defect is not None:
+        area = rng.uniform(0.001, 0.005) * h * w
+        cy, cx = rng.uniform(0.3 * h, 0.9 * h), rng.uniform(0.05 * w, 0.95 * w)
+        if defect == "spot":
+            r = np.sqrt(area / np.pi)
+            ang = np.arctan2(y - cy, x - cx)
+            rad = r * (1 + 0.15 * np.cos(3 * ang + rng.uniform(0, 6.3)))
+            mask = np.hypot(y - cy, x - cx) <= rad
+            img[mask] *= rng.choice([0.75, 1.2])
+        else:
+            width = max(2.0, 0.006 * h)
+            length = area / width
+            a = rng.uniform(0, np.pi)
+            p0 = np.array([cy, cx])
+            d = length * np.array([np.sin(a), np.cos(a)])
+            t = np.clip(((y - p0[0]) * d[0] + (x - p0[1]) * d[1]) / float(d @ d), 0, 1)
+            mask = np.hypot(y - (p0[0] + t * d[0]), x - (p0[1] + t * d[1])) <= width / 2
+            img[mask] *= 0.7
+    return img, mask
+
+
 _SAMPLERS: dict[str, Callable[[np.random.Generator, int, str | None], tuple[np.ndarray, np.ndarray]]] = {
     "texture": _texture_sample,
     "object": _object_sample,
+    "wide": _wide_sample,
 }
 
 

@@ -3,35 +3,70 @@
 Damm et al., "AnomalyDINO: Boosting patch-based few-shot anomaly detection with DINOv2"
 (WACV 2025): a memory of the patch features of the K normal shots; each test patch is scored
 by its nearest-neighbour distance to that memory.
+
+Default (``preset=auto``, ``geometry=native``): each image keeps its aspect ratio (equal-area
+resize onto the 14-px patch grid, larger for large images, see ``work_side``), and the
+configuration is chosen per part from the K references alone: synthetic local and global
+defects on each held-out reference score the candidates (mid blocks, last block, their
+normalised combination) by leave-one-out; the best one is stored with the fitted state.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import torch
-from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
+from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
+from fsiad.fewshot.methods.knn_auto import (
+    CANDIDATE_MEMBERS,
+    CANDIDATES,
+    NativeBatch,
+    choose,
+    defect_plan,
+    grouped,
+    image_scores,
+    iter_chunks,
+    iter_items,
+    map_to_shape,
+    map_to_square,
+    native_shape,
+    resize,
+    separation,
+    synth_defects,
+)
 from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.features import block_depth, encoder_from_config, fuse_layers, parse_layers
 from fsiad.fewshot.ops.knn import knn_search
 from fsiad.fewshot.ops.pooling import topk_mean
-from fsiad.fewshot.ops.smoothing import upsample_blur
 from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult
 
 DEFAULT_ENCODER = "dinov2_vits14"
 DEFAULT_SIZE = 224
 AUGMENTS = ("none", "flips", "rot4", "dihedral8")
+PRESETS = ("auto", "mid", "last", "mid+last")
+GEOMETRIES = ("native", "square")
 OPTIONS = (
-    Option("layers", "layers", None, "encoder layers to fuse (none = ViT blocks at 1/2 and 3/4 depth, [5, 8])",
-           nullable=True),
+    Option("preset", "str", "auto", "auto = choose mid / last / mid+last per part from synthetic defects on the "
+           "references (leave-one-out); or one of them fixed (mid = blocks at 1/2 and 3/4 depth, [5, 8]; "
+           "last = the last block)", choices=PRESETS),
+    Option("geometry", "str", "native", "native = keep each image's aspect ratio (equal-area patch grid); "
+           "square = squash to S x S (the former default)", choices=GEOMETRIES),
+    Option("layers", "layers", None, "fixed encoder layers to fuse (overrides preset)", nullable=True),
     Option("augment", "str", "flips", "views of each shot added to the memory", choices=AUGMENTS),
     Option("top_fraction", "float", 0.01, "image score = mean of this top share of patch distances", gt=0, le=1),
-    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels", ge=0),
+    Option("sigma", "float", 4.0, "Gaussian blur of the map in pixels of the S x S output", ge=0),
     Option("metric", "str", None, "patch distance (none = the encoder's: cosine for ViTs, l2 for CNNs)",
            choices=("cosine", "l2"), nullable=True),
     Option("k", "int", 1, "nearest memory patches averaged per test patch", ge=1),
     Option("r", "int", 1, "local r x r aggregation of each layer before fusion", ge=1),
+    Option("min_defect_px", "float", 24.0, "native geometry: smallest defect side (original pixels) that should "
+           "cover a patch; sets the working size of large images", gt=0),
+    Option("max_side", "int", 448, "native geometry: largest working side (equal-area) for large images", ge=14),
+    Option("seed", "int", 0, "seed of the synthetic defects of preset=auto"),
+    Option("budget", "int", 32, "preset=auto: synthetic defect images (at 224 px; fewer at larger sizes)", ge=2),
 )
 DEFAULTS: dict[str, Any] = defaults(OPTIONS)
 
@@ -54,6 +89,11 @@ def augment_shots(images: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "dihedral8":
         views += [v.flip(3) for v in views]
     return torch.cat(views)
+
+
+def augment_one(image: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """Views of one ``[3, h, w]`` image (identity first), as ``augment_shots``."""
+    return list(augment_shots(image[None], mode))
 
 
 @register_method("knn")
@@ -111,9 +151,55 @@ class PatchKNN(AnomalyMethod):
         self.opts = self.resolve_options()
         check_augment(self.opts["augment"])
         self.encoder = encoder_from_config(self.config, DEFAULT_ENCODER, self._default_size())
-        self.layers = parse_layers(self.opts["layers"]) or self._default_layers()
         self.metric = self.opts["metric"] or self.encoder.metric
-        self.memory: torch.Tensor | None = None
+        user = parse_layers(self.opts["layers"])
+        depth = block_depth(self.encoder)
+        if user:
+            self.members: dict[str, list[int | str]] = {"custom": user}
+            self.preset = "custom"
+        else:
+            self.members = {"mid": self._default_layers()}
+            if depth:
+                self.members["last"] = [depth - 1]
+            self.preset = self.opts["preset"]
+            if self.preset in ("last", "mid+last") and "last" not in self.members:
+                raise ValueError(f"knn: preset={self.preset} needs a ViT encoder with blocks")
+        self.native = self.opts["geometry"] == "native"
+        self.memories: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, float] = self._fixed_weights()
+        self.norm: dict[str, tuple[float, float]] = {}
+        self.work_side = self.preprocess.size
+        self.selfconfig: dict[str, Any] | None = None
+
+    # -- configuration ------------------------------------------------------------------
+    def _fixed_weights(self) -> dict[str, float]:
+        if self.preset == "custom":
+            return {"custom": 1.0}
+        if self.preset == "auto":  # until fit: the whole candidate set, "mid" if it is alone
+            return {"mid": 1.0} if len(self.members) == 1 else {"mid": 0.5, "last": 0.5}
+        names = CANDIDATE_MEMBERS[self.preset]
+        return {n: 1.0 / len(names) for n in names}
+
+    @property
+    def layers(self) -> list[int | str]:
+        """Encoder layers of the active configuration (one forward)."""
+        return self._layers_of(self.weights)
+
+    def _layers_of(self, names: Any) -> list[int | str]:
+        out: list[int | str] = []
+        for n in names:
+            out += [x for x in self.members[n] if x not in out]
+        return out
+
+    @property
+    def memory(self) -> torch.Tensor | None:
+        """The memory bank of a single-member configuration (``None`` before fit)."""
+        if not self.memories:
+            return None
+        if len(self.weights) != 1:
+            raise ValueError("knn: the fitted configuration combines several memories (mid+last); "
+                             f"use .memories ({sorted(self.memories)})")
+        return self.memories[next(iter(self.weights))]
 
     def _default_layers(self) -> list[int | str]:
         """ViTs: blocks at 1/2 and 3/4 depth (``[5, 8]`` for 12 blocks); CNNs: the encoder's."""
@@ -129,42 +215,292 @@ class PatchKNN(AnomalyMethod):
     def preprocess(self) -> Preprocess:
         return self.encoder.preprocess
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, S, S]`` -> fused patch features ``[N, h, w, C]``."""
-        return self._fuse(self.encoder.patch_features(images, self.layers))
+    def prepare(self, samples):
+        """Native geometry: a ``NativeBatch`` (per-image tensors, aspect kept); square: ``[N, 3, S, S]``."""
+        if not self.native:
+            return super().prepare(samples)
+        from fsiad.fewshot.data.io import read_image
 
+        return NativeBatch.from_arrays([read_image(s.path) for s in samples])
+
+    # -- geometry -----------------------------------------------------------------------
+    def choose_work_side(self, sizes: list[tuple[int, int]]) -> int:
+        """Equal-area working side: ``S`` unless the images are large enough that a defect of
+        ``min_defect_px`` original pixels would cover less than a patch; then up to ``max_side``."""
+        base = self.preprocess.size
+        if not self.native or not sizes:
+            return base
+        p = self.encoder.patch_size
+        areas = sorted(h * w for h, w in sizes)
+        native = math.sqrt(areas[len(areas) // 2])
+        want = native * p / float(self.opts["min_defect_px"])
+        side = int(min(max(base, want), max(base, int(self.opts["max_side"]))))
+        return max(p, round(side / p) * p)
+
+    def work_shape(self, size: tuple[int, int]) -> tuple[int, int]:
+        if not self.native:
+            return (self.preprocess.size, self.preprocess.size)
+        return native_shape(size[0], size[1], self.work_side, self.encoder.patch_size)
+
+    def _working(self, items: list[tuple[torch.Tensor, tuple[int, int]]]) -> list[torch.Tensor]:
+        out = []
+        for img, size in items:
+            shape = self.work_shape(size)
+            if not self.native and tuple(img.shape[1:]) != shape:
+                raise ValueError(f"knn (geometry=square): images must be [N, 3, {shape[0]}, {shape[1]}], "
+                                 f"got {tuple(img.shape)}")
+            out.append(resize(img, shape))
+        return out
+
+    # -- features -----------------------------------------------------------------------
     def _fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return fuse_layers(feats, r=int(self.opts["r"]), normalize=self.metric == "cosine")
 
-    def _fit(self, images: Images) -> None:
-        bank = []
-        for batch in iter_batches(images, self.config.batch_size):
-            f = self.features(augment_shots(batch, self.opts["augment"]))
-            bank.append(f.reshape(-1, f.shape[-1]))
-        if not bank:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` -> fused patch features ``[N, h, w, C]`` of the first active member."""
+        name = next(iter(self.weights))
+        return self._fuse(self.encoder.patch_features(images, self.members[name]))
+
+    def _encode(self, images: list[torch.Tensor], names: Any) -> list[dict[str, torch.Tensor]]:
+        """Per image, the fused features ``[h, w, C]`` of each member in ``names``; one encoder
+        forward per shape group for all the members' layers together."""
+        names = list(names)
+        layers = self._layers_of(names)
+        out: list[dict[str, torch.Tensor]] = [{} for _ in images]
+        for idx in grouped([tuple(x.shape) for x in images], self.config.batch_size):
+            feats = self.encoder.patch_features(torch.stack([images[i] for i in idx]), layers)
+            for n in names:
+                fused = self._fuse([feats[layers.index(x)] for x in self.members[n]])
+                for j, i in enumerate(idx):
+                    out[i][n] = fused[j]
+        return out
+
+    def _grid(self, feat: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        h, w, c = feat.shape
+        d, _ = knn_search(feat.reshape(-1, c), memory, k=int(self.opts["k"]), metric=self.metric)
+        return d.mean(1).reshape(h, w)
+
+    def _combine(self, feats: dict[str, torch.Tensor], memories: dict[str, torch.Tensor],
+                 weights: dict[str, float], norm: dict[str, tuple[float, float]]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score grid, map grid)``: the weighted sum of the members' normalised distance
+        grids scores the image; the map comes from the mid blocks when they are a member (the
+        last block sees texture-wide changes but localises poorly), else from the sum."""
+        grid, grids = None, {}
+        for n, wt in weights.items():
+            loc, scale = norm.get(n, (0.0, 1.0))
+            grids[n] = (self._grid(feats[n], memories[n]) - loc) / scale
+            grid = wt * grids[n] if grid is None else grid + wt * grids[n]
+        return grid, (grids["mid"] if "mid" in grids and len(grids) > 1 else grid)
+
+    # -- fit ----------------------------------------------------------------------------
+    def _fit(self, images: Any) -> None:
+        items = list(iter_items(images))
+        if not items:
             raise ValueError("knn: needs at least one normal reference image (use --shots K >= 1)")
-        self.memory = torch.cat(bank)
+        self.work_side = self.choose_work_side([s for _, s in items])
+        refs = self._working(items)
+        mode = self.opts["augment"]
+        views = [augment_one(x, mode) for x in refs]
+        flat = [v for vs in views for v in vs]
+        names = list(self.members) if self.preset in ("auto", "mid+last") else list(self.weights)
+        feats = self._encode(flat, names)
+        a = len(views[0])
+        per_ref = [feats[i * a : (i + 1) * a] for i in range(len(refs))]
+        self.memories = {n: torch.cat([f[n].reshape(-1, f[n].shape[-1]) for f in feats]) for n in names}
+        self.norm, self.selfconfig = {}, None
+        if self.preset == "auto" and len(names) > 1:
+            self._self_configure(refs, per_ref, names)
+        elif len(self.weights) > 1:
+            self.norm = self._loo_norm(per_ref, names)
+        self.memories = {n: m for n, m in self.memories.items() if n in self.weights}
+
+    def _loo_memories(self, per_ref: list[list[dict[str, torch.Tensor]]], i: int, names: list[str]
+                      ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Memory without reference ``i`` and the held-out views; with one reference, the
+        held-out view is its identity and the memory its other views."""
+        if len(per_ref) == 1:
+            held, rest = per_ref[0][:1], per_ref[0][1:]
+        else:
+            held, rest = per_ref[i], [f for j, fs in enumerate(per_ref) if j != i for f in fs]
+        mem = {n: torch.cat([f[n].reshape(-1, f[n].shape[-1]) for f in rest]) for n in names}
+        return mem, held
+
+    def _loo_norm(self, per_ref, names) -> dict[str, tuple[float, float]]:
+        """Per member, mean and std of the held-out references' patch distances (leave-one-out)."""
+        if len(per_ref) == 1 and len(per_ref[0]) == 1:
+            return {}
+        dist: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        for i in range(min(len(per_ref), 4)):
+            mem, held = self._loo_memories(per_ref, i, names)
+            for f in held:
+                for n in names:
+                    dist[n].append(self._grid(f[n], mem[n]).flatten())
+        out = {}
+        for n in names:
+            d = torch.cat(dist[n])
+            out[n] = (float(d.mean()), max(float(d.std()), 1e-6))
+        return out
+
+    def _self_configure(self, refs: list[torch.Tensor], per_ref, names: list[str]) -> None:
+        t0 = time.perf_counter()
+        if len(per_ref) == 1 and len(per_ref[0]) == 1:  # one reference and no augmentation
+            self.weights = {"mid": 1.0}
+            self.selfconfig = {"chosen": "mid", "reason": "one reference without augmentation: no held-out view"}
+            return
+        n_held = min(len(refs), 4)
+        area = self.work_side ** 2 / DEFAULT_SIZE ** 2
+        budget = max(2 * n_held, int(int(self.opts["budget"]) / max(area, 1.0)))
+        plan = defect_plan(n_held, budget)
+        fraction = float(self.opts["top_fraction"])
+        normal: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        defects: dict[str, list[tuple[torch.Tensor, str]]] = {n: [] for n in names}
+        for i in range(n_held):
+            mem, held = self._loo_memories(per_ref, i, names)
+            synth = synth_defects(refs[i], plan[i], int(self.opts["seed"]))
+            dfeats = self._encode([x for x, _ in synth], names)
+            for n in names:
+                normal[n] += [self._grid(f[n], mem[n]) for f in held]
+                defects[n] += [(self._grid(f[n], mem[n]), k) for f, (_, k) in zip(dfeats, synth, strict=True)]
+        norm = {}
+        for n in names:
+            d = torch.cat([g.flatten() for g in normal[n]])
+            norm[n] = (float(d.mean()), max(float(d.std()), 1e-6))
+        results = {}
+        for cand in CANDIDATES:
+            members = [m for m in CANDIDATE_MEMBERS[cand] if m in names]
+            if len(members) != len(CANDIDATE_MEMBERS[cand]):
+                continue
+            def zgrid(grids: dict[str, torch.Tensor], members: list[str] = members) -> torch.Tensor:
+                return sum((grids[m] - norm[m][0]) / norm[m][1] for m in members) / len(members)
+            nscore = image_scores([zgrid({m: normal[m][j] for m in members}) for j in range(len(normal[names[0]]))],
+                                  fraction)
+            kinds = [k for _, k in defects[names[0]]]
+            dscore = image_scores([zgrid({m: defects[m][j][0] for m in members}) for j in range(len(kinds))],
+                                  fraction)
+            local = torch.tensor([k in ("cutpaste", "blend", "scratch", "blob") for k in kinds])
+            results[cand] = separation(nscore, dscore[local], dscore[~local])
+        chosen = choose(results)
+        members = CANDIDATE_MEMBERS[chosen]
+        self.weights = {m: 1.0 / len(members) for m in members}
+        self.norm = {m: norm[m] for m in members}
+        self.selfconfig = {
+            "chosen": chosen,
+            "layers": self._layers_of(members),
+            "candidates": {c: {k: round(v, 4) for k, v in r.items()} for c, r in results.items()},
+            "held_out": n_held, "synthetic_defects": sum(len(p) for p in plan),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+
+    # -- predict ------------------------------------------------------------------------
+    def predict(self, images: Any) -> AnomalyResult:
+        """Score query images (tensor ``[N, 3, H, W]``, ``NativeBatch`` or an iterable of them);
+        maps ``[N, S, S]`` (``S`` = ``preprocess.size``)."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
+        parts = [self._predict_items(chunk) for chunk in iter_chunks(images) if chunk]
+        if not parts:
+            s = self.preprocess.size
+            return AnomalyResult(torch.empty(0), torch.empty(0, s, s))
+        return AnomalyResult.concat(parts)
+
+    def _predict_items(self, items, own_size: bool = False):
+        work = self._working(items)
+        feats = self._encode(work, self.weights)
+        s = self.preprocess.size
+        fraction, sigma = float(self.opts["top_fraction"]), float(self.opts["sigma"])
+        scores, maps = [], []
+        for f, x, (_, size) in zip(feats, work, items, strict=True):
+            grid, mgrid = self._combine(f, self.memories, self.weights, self.norm)
+            scores.append(topk_mean(grid[None], fraction)[0])
+            shape = tuple(x.shape[1:])
+            sig = sigma * math.sqrt(shape[0] * shape[1]) / s
+            maps.append(map_to_shape(mgrid, shape, size, sig) if own_size else map_to_square(mgrid, shape, s, sig))
+        if own_size:
+            return torch.stack(scores), maps
+        return AnomalyResult(torch.stack(scores), torch.stack(maps))
+
+    def predict_native(self, images: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Image scores ``[N]`` and maps at each image's original size (list of ``[H_i, W_i]``)."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
+        scores, maps = [], []
+        for chunk in iter_chunks(images):
+            if chunk:
+                sc, mp = self._predict_items(chunk, own_size=True)
+                scores.append(sc)
+                maps += mp
+        return (torch.cat(scores) if scores else torch.empty(0)), maps
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
-        return self.score_features(self.encoder.patch_features(images, self.layers))
+        return self.predict(images)
 
     def score_features(self, feats: list[torch.Tensor]) -> AnomalyResult:
-        """Everything after the encoder forward: per-layer ``[N, h, w, C_l]`` -> result."""
-        f = self._fuse(feats)
-        n, h, w, c = f.shape
-        d, _ = knn_search(f.reshape(-1, c), self.memory, k=int(self.opts["k"]), metric=self.metric)
-        grid = d.mean(1).reshape(n, h, w)
-        scores = topk_mean(grid, float(self.opts["top_fraction"]))
-        maps = upsample_blur(grid, self.preprocess.size, float(self.opts["sigma"]))
-        return AnomalyResult(scores, maps)
+        """Everything after the encoder forward (square inputs): per-layer ``[N, h, w, C_l]`` of
+        ``self.layers`` -> result."""
+        layers = self.layers
+        fused = {n: self._fuse([feats[layers.index(x)] for x in self.members[n]]) for n in self.weights}
+        pairs = [self._combine({n: v[i] for n, v in fused.items()}, self.memories, self.weights, self.norm)
+                 for i in range(feats[0].shape[0])]
+        from fsiad.fewshot.ops.smoothing import upsample_blur
 
+        scores = topk_mean(torch.stack([g for g, _ in pairs]), float(self.opts["top_fraction"]))
+        maps = torch.stack([m for _, m in pairs])
+        return AnomalyResult(scores, upsample_blur(maps, self.preprocess.size, float(self.opts["sigma"])))
+
+    # -- description and state ----------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
-                "metric": self.metric, "memory_size": None if self.memory is None else int(self.memory.shape[0]),
-                **{k: v for k, v in self.opts.items() if k not in ("layers", "metric")}}
+        chosen = "+".join(self.weights) if self.preset != "custom" else "custom"
+        d = {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
+             "metric": self.metric, "configuration": chosen,
+             "memory_size": {n: int(m.shape[0]) for n, m in self.memories.items()} or None,
+             "work_side": self.work_side,
+             **{k: v for k, v in self.opts.items() if k not in ("layers", "metric")}}
+        if self.norm:
+            d["normalisation"] = {n: [round(loc, 6), round(scale, 6)] for n, (loc, scale) in self.norm.items()}
+        if self.selfconfig is not None:
+            d["selfconfig"] = self.selfconfig
+        return d
 
     def get_state(self) -> dict[str, torch.Tensor]:
-        return {} if self.memory is None else {"memory": self.memory}
+        if not self.memories:
+            return {}
+        state = {f"memory.{n}": m for n, m in self.memories.items()}
+        names = list(self.members)
+        state["weights"] = torch.tensor([self.weights.get(n, 0.0) for n in names], dtype=torch.float32)
+        state["norm"] = torch.tensor([self.norm.get(n, (0.0, 1.0)) for n in names], dtype=torch.float64)
+        state["work_side"] = torch.tensor(self.work_side)
+        if self.selfconfig is not None and "candidates" in self.selfconfig:
+            sc = self.selfconfig
+            state["selfconfig.candidates"] = torch.tensor(
+                [[sc["candidates"].get(c, {}).get(k, float("nan")) for k in ("local", "global", "score", "dprime")]
+                 for c in CANDIDATES], dtype=torch.float64)
+            state["selfconfig.meta"] = torch.tensor([sc["held_out"], sc["synthetic_defects"], sc["seconds"]],
+                                                    dtype=torch.float64)
+        return state
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory = state.get("memory")
+        if "memory" in state and "weights" not in state:  # a model saved before presets: one fixed member
+            name = next(iter(self.weights)) if len(self.weights) == 1 else "mid"
+            self.weights, self.norm, self.memories = {name: 1.0}, {}, {name: state["memory"]}
+            return
+        names = list(self.members)
+        self.memories = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("memory.")}
+        if "weights" in state:
+            w = state["weights"].tolist()
+            self.weights = {n: float(w[i]) for i, n in enumerate(names) if w[i] > 0}
+            nm = state["norm"].tolist()
+            self.norm = {n: (nm[i][0], nm[i][1]) for i, n in enumerate(names) if n in self.weights
+                         and tuple(nm[i]) != (0.0, 1.0)}
+        if "work_side" in state:
+            self.work_side = int(state["work_side"])
+        if "selfconfig.candidates" in state:
+            rows = state["selfconfig.candidates"].tolist()
+            meta = state["selfconfig.meta"].tolist()
+            chosen = "+".join(self.weights)
+            self.selfconfig = {
+                "chosen": chosen, "layers": self.layers,
+                "candidates": {c: dict(zip(("local", "global", "score", "dprime"), r, strict=True)) for c, r in zip(CANDIDATES, rows, strict=True)
+                               if not math.isnan(r[2])},
+                "held_out": int(meta[0]), "synthetic_defects": int(meta[1]), "seconds": meta[2],
+            }

@@ -1,0 +1,202 @@
+"""Native geometry and label-free self-configuration for the ``knn`` method.
+
+Native geometry: every image keeps its aspect ratio; it is resized to an equal-area shape on
+the encoder's patch grid (``native_shape``), images of different shapes are encoded in
+separate forwards, and the anomaly map is computed on that grid, blurred at the working
+resolution and resized to the method's square ``[S, S]`` output (the same squash the
+evaluation applies to masks, so maps and masks stay aligned).
+
+Self-configuration: synthetic defects (``fsiad.fewshot.data.defects``) on each held-out
+reference; each candidate configuration is scored by how well it separates held-out normals
+from their synthetic defects (leave-one-out over the K references). Nothing here sees a test
+image or a label.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fsiad.fewshot.data.defects import GLOBAL_KINDS, LOCAL_KINDS, make_defect
+from fsiad.fewshot.metrics import auroc
+from fsiad.fewshot.ops.pooling import topk_mean
+from fsiad.fewshot.ops.smoothing import gaussian_blur
+
+#: side cap of the images ``prepare`` keeps (equal-area), so later working sizes can be chosen
+PREPARE_CAP = 768
+#: candidate configurations, in order of preference on ties
+CANDIDATES = ("mid+last", "mid", "last")
+CANDIDATE_MEMBERS = {"mid+last": ("mid", "last"), "mid": ("mid",), "last": ("last",)}
+
+
+def native_shape(h: int, w: int, side: int, patch: int, max_aspect: float = 4.0) -> tuple[int, int]:
+    """Equal-area shape of an ``h x w`` image with area ``side**2``, both sides multiples of ``patch``.
+
+    The aspect ratio is kept (clamped to ``max_aspect``); each side is at least one patch.
+    """
+    a = min(max(w / max(h, 1), 1 / max_aspect), max_aspect)
+    hh = max(patch, round(side / math.sqrt(a) / patch) * patch)
+    ww = max(patch, round(side * math.sqrt(a) / patch) * patch)
+    return int(hh), int(ww)
+
+
+def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``[3, h, w]`` (uint8 or float) -> float ``[3, H, W]`` in ``[0, 1]`` (bicubic, antialiased)."""
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x
+    return F.interpolate(x[None], size=shape, mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+
+
+@dataclass
+class NativeBatch:
+    """Images of any shapes for ``knn``: what its ``prepare`` returns and ``fit``/``predict`` take.
+
+    Attributes:
+        images: per-image ``[3, h, w]`` uint8 tensors (equal-area, side capped at ``PREPARE_CAP``).
+        sizes: the original ``(height, width)`` of each image.
+    """
+
+    images: list[torch.Tensor]
+    sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: slice) -> NativeBatch:
+        return NativeBatch(self.images[idx], self.sizes[idx])
+
+    @staticmethod
+    def concat(parts: list[NativeBatch]) -> NativeBatch:
+        return NativeBatch([i for p in parts for i in p.images], [s for p in parts for s in p.sizes])
+
+    @staticmethod
+    def from_arrays(arrays: Sequence[np.ndarray]) -> NativeBatch:
+        """uint8 ``HxWx3`` arrays -> batch (each reduced to an equal-area side of at most ``PREPARE_CAP``)."""
+        images, sizes = [], []
+        for a in arrays:
+            t = torch.from_numpy(np.require(a, np.uint8, ["C", "W"])).permute(2, 0, 1)
+            h, w = t.shape[1:]
+            f = PREPARE_CAP / math.sqrt(h * w)
+            if f < 1:
+                shape = (max(1, round(h * f)), max(1, round(w * f)))
+                t = (resize(t, shape) * 255).round().to(torch.uint8)
+            images.append(t.contiguous())
+            sizes.append((int(h), int(w)))
+        return NativeBatch(images, sizes)
+
+
+def iter_items(images: object) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+    """``(image [3, h, w], original size)`` from a tensor, a ``NativeBatch`` or an iterable of them."""
+    if images is None:
+        return
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
+        for x in images:
+            yield x, (int(x.shape[1]), int(x.shape[2]))
+    elif isinstance(images, NativeBatch):
+        yield from zip(images.images, images.sizes, strict=True)
+    elif isinstance(images, Iterable):
+        for part in images:
+            yield from iter_items(part)
+    else:
+        raise TypeError(f"knn: cannot read images from {type(images).__name__}")
+
+
+def iter_chunks(images: object) -> Iterator[list[tuple[torch.Tensor, tuple[int, int]]]]:
+    """Chunks of items as they come (one per tensor / batch), so ``predict`` stays memory-bounded."""
+    if images is None:
+        return
+    if isinstance(images, (torch.Tensor, NativeBatch)):
+        yield list(iter_items(images))
+    else:
+        for part in images:
+            yield from iter_chunks(part)
+
+
+def grouped(shapes: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped by shape (first-seen order), in chunks of ``batch_size``."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(shapes):
+        groups.setdefault(tuple(s), []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch_size):
+            yield idx[s : s + batch_size]
+
+
+def map_to_square(grid: torch.Tensor, work: tuple[int, int], size: int, sigma: float) -> torch.Tensor:
+    """Patch grid ``[h, w]`` -> map at the working pixels ``work`` (bilinear), blurred by ``sigma``
+    working pixels, then resized to ``[size, size]`` (the method's output contract)."""
+    x = F.interpolate(grid.float()[None, None], size=work, mode="bilinear", align_corners=False)[0]
+    x = gaussian_blur(x, sigma)
+    if tuple(work) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return x[0]
+
+
+def map_to_shape(grid: torch.Tensor, work: tuple[int, int], shape: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Like ``map_to_square`` but to any ``(height, width)``, e.g. the image's own size."""
+    x = F.interpolate(grid.float()[None, None], size=work, mode="bilinear", align_corners=False)[0]
+    x = gaussian_blur(x, sigma)
+    if tuple(work) != tuple(shape):
+        x = F.interpolate(x[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
+    return x[0]
+
+
+def image_seed(image: torch.Tensor, seed: int) -> int:
+    """A seed from an image's content (so a reference gets the same defects in every fit)."""
+    small = F.adaptive_avg_pool2d(image.float()[None], 8)[0]
+    return zlib.crc32((small * 255).round().to(torch.uint8).numpy().tobytes()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
+
+
+def defect_plan(n_ref: int, budget: int) -> list[list[str]]:
+    """Kinds of synthetic defects per held-out reference: alternating local and global kinds,
+    ``budget`` in all (at least one local and one global per reference)."""
+    per = max(2, budget // max(n_ref, 1))
+    plan = []
+    for i in range(n_ref):
+        kinds = []
+        for j in range(per):
+            pool = LOCAL_KINDS if j % 2 == 0 else GLOBAL_KINDS
+            kinds.append(pool[(i + j // 2) % len(pool)])
+        plan.append(kinds)
+    return plan
+
+
+def synth_defects(image: torch.Tensor, kinds: Sequence[str], seed: int) -> list[tuple[torch.Tensor, str]]:
+    base = image_seed(image, seed)
+    return [(make_defect(image, k, base + 7919 * j)[0], k) for j, k in enumerate(kinds)]
+
+
+def separation(normal: torch.Tensor, local: torch.Tensor, glob: torch.Tensor) -> dict[str, float]:
+    """Validation of one candidate: AUROC of held-out normals against local and against global
+    synthetic defects, their mean (``score``) and a margin (``dprime``) for ties."""
+    def one(d: torch.Tensor) -> float:
+        if d.numel() == 0:
+            return float("nan")
+        return float(auroc(torch.cat([normal, d]).numpy(), np.r_[np.zeros(normal.numel()), np.ones(d.numel())]))
+
+    a_loc, a_glob = one(local), one(glob)
+    vals = [v for v in (a_loc, a_glob) if not math.isnan(v)]
+    allv = torch.cat([local, glob])
+    sd = float(torch.cat([normal, allv]).std()) or 1.0
+    return {"local": a_loc, "global": a_glob, "score": float(np.mean(vals)) if vals else float("nan"),
+            "dprime": float((allv.mean() - normal.mean()) / sd)}
+
+
+def choose(results: dict[str, dict[str, float]], tol: float = 0.005) -> str:
+    """Best candidate by ``score``; within ``tol`` of the best, the first in ``CANDIDATES`` order
+    with the largest margin wins."""
+    best = max(r["score"] for r in results.values())
+    tied = [c for c in CANDIDATES if c in results and results[c]["score"] >= best - tol]
+    return max(tied, key=lambda c: (results[c]["dprime"], -CANDIDATES.index(c)))
+
+
+def image_scores(grids: list[torch.Tensor], fraction: float) -> torch.Tensor:
+    return torch.stack([topk_mean(g[None], fraction)[0] for g in grids]) if grids else torch.empty(0)

@@ -1,0 +1,156 @@
+"""knn default: synthetic defects, label-free self-configuration, native geometry, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from fsiad.fewshot.data.defects import GLOBAL_KINDS, KINDS, LOCAL_KINDS, make_defect
+from fsiad.fewshot.methods import MethodConfig, create_method
+from fsiad.fewshot.methods.knn_auto import NativeBatch, map_to_shape, map_to_square, native_shape
+from fsiad.fewshot.preprocess import Preprocess
+
+from tests.memory_helpers import require_weights
+
+
+def _image(h=64, w=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.linspace(0, 6.28, h)[:, None]
+    x = torch.linspace(0, 9.42, w)[None]
+    base = 0.5 + 0.2 * torch.sin(3 * x) * torch.cos(2 * y)
+    return (base[None].repeat(3, 1, 1) + 0.05 * torch.rand(3, h, w, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_defect_inside_mask_and_nothing_outside(kind):
+    img = _image()
+    for seed in range(5):
+        out, mask = make_defect(img, kind, seed)
+        assert out.shape == img.shape and mask.shape == img.shape[1:] and mask.dtype == torch.bool
+        changed = (out - img).abs().amax(0) > 1e-6
+        assert changed.any(), (kind, seed)  # a defect changes something
+        assert not (changed & ~mask).any(), (kind, seed)  # ... and only inside its mask
+        if kind in LOCAL_KINDS:
+            assert 0 < mask.float().mean() < 0.25
+        else:
+            assert kind in GLOBAL_KINDS and mask.all()
+        assert 0 <= float(out.min()) and float(out.max()) <= 1
+    a, ma = make_defect(img, kind, 3)
+    b, mb = make_defect(img, kind, 3)
+    assert torch.equal(a, b) and torch.equal(ma, mb)  # deterministic for a seed
+
+
+def test_native_shape_keeps_aspect_and_area():
+    h, w = native_shape(460, 1130, 224, 14)
+    assert h % 14 == 0 and w % 14 == 0
+    assert abs(w / h - 1130 / 460) < 0.2 and abs(h * w / 224**2 - 1) < 0.1
+    assert native_shape(300, 300, 224, 14) == (224, 224)
+    assert native_shape(10, 1000, 224, 14)[0] >= 14  # extreme aspect clamped, at least one patch
+
+
+def test_mask_through_non_square_path_lands_where_it_was():
+    """A mask resized onto the native patch grid and back to the square output overlaps the
+    evaluation's own square mask, and at the image's size it lands on the original pixels."""
+    h, w = 250, 600
+    mask = np.zeros((h, w), bool)
+    mask[150:190, 420:470] = True
+    work = native_shape(h, w, 224, 14)
+    small = torch.nn.functional.interpolate(torch.from_numpy(mask).float()[None, None], size=(work[0] // 14, work[1] // 14),
+                                            mode="area")[0, 0]
+    sq = map_to_square(small, work, 224, 0.0) > 0.25
+    ref = Preprocess(224).masks([mask])[0]
+    iou = (sq & ref).sum() / (sq | ref).sum()
+    assert iou > 0.6, float(iou)
+    own = map_to_shape(small, work, (h, w), 0.0) > 0.25
+    iou = (own & torch.from_numpy(mask)).sum() / (own | torch.from_numpy(mask)).sum()
+    assert iou > 0.6, float(iou)
+    ys, xs = torch.nonzero(own, as_tuple=True)
+    assert abs(float(ys.float().mean()) - 169.5) < 6 and abs(float(xs.float().mean()) - 444.5) < 6
+
+
+def _random_knn(**opts):
+    return create_method("knn", MethodConfig(encoder="dinov2_vits14", image_size=56, allow_random=True,
+                                             options={"budget": 8, **opts}))
+
+
+def _refs(n=3, h=56, w=84):
+    arrays = [(_image(h, w, seed=i) * 255).round().byte().permute(1, 2, 0).numpy() for i in range(n)]
+    return NativeBatch.from_arrays(arrays)
+
+
+def test_selfconfig_deterministic_and_blind_to_test_labels():
+    refs = _refs()
+    m1 = _random_knn().fit(refs)
+    m2 = _random_knn().fit(refs)
+    assert m1.selfconfig["chosen"] == m2.selfconfig["chosen"]
+    assert m1.selfconfig["candidates"] == m2.selfconfig["candidates"]
+    assert set(m1.selfconfig["candidates"]) == {"mid", "last", "mid+last"}
+    # fit takes no labels at all; scoring a labelled test set in any order (or permuting the
+    # labels) leaves the fitted choice and the state untouched
+    test = _refs(4, 70, 56)
+    labels = np.array([0, 1, 0, 1])
+    state = {k: v.clone() for k, v in m1.get_state().items()}
+    s1 = m1.predict(test).image_scores
+    perm = np.random.default_rng(0).permutation(4)
+    _ = labels[perm]
+    s2 = m1.predict(test[perm[0]:perm[0] + 1]).image_scores
+    assert torch.allclose(s1[perm[0]], s2[0], atol=1e-5)
+    assert all(torch.equal(state[k], v) for k, v in m1.get_state().items())
+    d = m1.describe()
+    assert d["selfconfig"]["chosen"] == d["configuration"]
+    assert d["preset"] == "auto" and d["geometry"] == "native" and "seconds" in d["selfconfig"]
+    shuffled = NativeBatch([refs.images[i] for i in (2, 0, 1)], [refs.sizes[i] for i in (2, 0, 1)])
+    m4 = _random_knn().fit(shuffled)  # the references' order does not matter either
+    assert m4.selfconfig["chosen"] == m1.selfconfig["chosen"]
+    m3 = _random_knn(seed=5).fit(refs)  # another seed draws other defects
+    assert m3.selfconfig["candidates"] != m1.selfconfig["candidates"]
+
+
+def test_save_load_keeps_choice(tmp_path):
+    refs = _refs()
+    m = _random_knn().fit(refs)
+    test = _refs(3, 84, 56)
+    r = m.predict(test)
+    assert r.anomaly_maps.shape == (3, 56, 56)
+    m.save(tmp_path / "model")
+    from fsiad.fewshot.methods.base import AnomalyMethod
+
+    loaded = AnomalyMethod.load(tmp_path / "model", allow_random=True)
+    assert loaded.weights == m.weights and loaded.work_side == m.work_side
+    assert loaded.selfconfig["chosen"] == m.selfconfig["chosen"]
+    r2 = loaded.predict(test)
+    assert torch.equal(r.image_scores, r2.image_scores) and torch.equal(r.anomaly_maps, r2.anomaly_maps)
+
+
+def test_fixed_presets_reachable_and_square_reproduces_old_default():
+    x = torch.rand(3, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    old = _random_knn(preset="mid", geometry="square").fit(x[:2])
+    assert old.layers == [5, 8] and old.memory.shape == (2 * 4 * 16, 768) and old.selfconfig is None
+    last = _random_knn(preset="last").fit(x[:2])
+    assert last.layers == [11] and last.memory.shape[1] == 384
+    both = _random_knn(preset="mid+last").fit(x[:2])
+    assert set(both.memories) == {"mid", "last"} and set(both.norm) == {"mid", "last"}
+    custom = _random_knn(layers=[8]).fit(x[:2])
+    assert custom.layers == [8] and custom.selfconfig is None
+    with pytest.raises(ValueError, match="geometry=square"):
+        old.predict(torch.rand(1, 3, 56, 70))
+
+
+def test_large_images_get_a_larger_working_side():
+    m = _random_knn(max_side=112)
+    assert m.choose_work_side([(460, 1130)] * 4) == 112  # capped by max_side
+    assert m.choose_work_side([(60, 60)] * 4) == 56
+    sq = _random_knn(geometry="square")
+    assert sq.choose_work_side([(460, 1130)]) == 56
+
+
+@pytest.mark.needs_weights
+def test_real_dinov2_selfconfig_on_wide_synthetic():
+    require_weights("dinov2_vits14")
+    from fsiad.fewshot.data.synthetic import render_category
+
+    parts = render_category("wide", 92, 3, 2, 2, 0)
+    m = create_method("knn", MethodConfig(image_size=112, options={"budget": 8}))
+    m.fit(NativeBatch.from_arrays([i for i, _ in parts.pop("train")]))
+    assert m.selfconfig["chosen"] in ("mid", "last", "mid+last")
+    items = [(i, int(g != "good")) for g, lst in parts.items() for i, _ in lst]
+    r = m.predict(NativeBatch.from_arrays([i for i, _ in items]))
+    assert r.anomaly_maps.shape == (4, 112, 112) and torch.isfinite(r.image_scores).all()
