@@ -1,8 +1,10 @@
 """Shared encoder layer (CLIP, DINOv2, CNN backbones). See ``base.Encoder``.
 
-Every module of this package is imported on first use of the package (``pkgutil``), so an
-encoder module only has to call ``register_encoder`` at import time. A module whose optional
-dependencies are missing is skipped (its import error is kept in ``IMPORT_ERRORS``).
+Encoder modules are imported on demand: the catalogue (``fsiad.fewshot.registry``) says which
+module defines an encoder and ``get_entry``/``create_encoder`` import only that one, so using
+DINOv2 never imports open_clip or transformers. ``encoder_names()`` / ``load_all()`` import
+every module (a module whose optional dependencies are missing is skipped; its import error
+is kept in ``IMPORT_ERRORS``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ def load_all() -> None:
         except ImportError as exc:  # optional dependency missing: report, do not break the package
             IMPORT_ERRORS[mod.name] = f"{type(exc).__name__}: {exc}"
 
-
-load_all()
 
 __all__ = ["Encoder", "WeightInfo", "WeightSpec", "WeightsNotFoundError", "resolve_weights",
            "register_encoder", "create_encoder", "encoder_names", "encoder_status", "get_entry",
