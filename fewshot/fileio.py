@@ -3,7 +3,8 @@ check that an output folder is never read as input.
 
 This module imports nothing heavy (no torch, no numpy) so that any layer may use it.
 
-* ``atomic_write`` / ``atomic_write_bytes`` / ``atomic_write_text`` / ``atomic_write_json``:
+* ``atomic_path`` (a temporary file name for writers that need one), ``atomic_write`` /
+  ``atomic_write_bytes`` / ``atomic_write_text`` / ``atomic_write_json``:
   write to a unique temporary file in the same folder, fsync, then ``os.replace`` onto the
   target: readers see the old file or the new one, never a half-written one, and two
   processes writing the same target never share a temporary name.
@@ -40,6 +41,24 @@ class OutputLockedError(FsiadError, RuntimeError):
 
 class OutputOverlapError(FsiadError, ValueError):
     """An output folder overlaps an input folder."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A unique temporary sibling path of ``path`` for writers that need a file name
+    (safetensors, ``np.savez``, a converter, ``shutil.copyfile``); on success it replaces
+    ``path``, on an exception it is removed and ``path`` is left as it was. ``suffix`` keeps
+    extensions that a writer appends or checks (e.g. ``.npz``)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager

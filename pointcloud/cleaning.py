@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from fsiad.fewshot.fileio import atomic_path
 from fsiad.pointcloud.io import PointCloudError, valid_mask
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,6 @@ def cleaned_cloud(xyz: np.ndarray, params: CleaningParams = CleaningParams(), so
     keep = clean_mask(xyz, params, name)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, keep=np.packbits(keep.ravel()))
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npz") as tmp:  # np.savez appends .npz to other names
+            np.savez_compressed(tmp, keep=np.packbits(keep.ravel()))
     return np.where(keep[..., None], xyz, 0).astype(np.float32)

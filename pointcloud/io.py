@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from fsiad.fewshot.data.base import DatasetError
+from fsiad.fewshot.fileio import atomic_write
 
 POINT_SUFFIXES = (".ply", ".pcd")
 
@@ -146,11 +147,9 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
     types = {"<f4": "float", "u1": "uchar"}
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}"]
     header += [f"property {types[t]} {n}" for n, t in fields] + ["end_header", ""]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         fh.write("\n".join(header).encode("ascii"))
         fh.write(rec.tobytes())
-    tmp.replace(path)
     return path
 
 

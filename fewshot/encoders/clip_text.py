@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from fsiad.fewshot.encoders.weights import fsiad_home
+from fsiad.fewshot.fileio import atomic_path
 
 
 def text_cache_dir() -> Path:
@@ -46,8 +46,7 @@ def write_text_cache(t: torch.Tensor, path: Path) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(t):x}.tmp")
-        save_file({"embedding": t.detach().cpu().contiguous()}, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({"embedding": t.detach().cpu().contiguous()}, str(tmp))
     except OSError:
         pass  # read-only cache location: embeddings stay correct, only not persisted

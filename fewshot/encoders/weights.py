@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fsiad.fewshot.encoders.base import WeightInfo
 from fsiad.fewshot.errors import FsiadError, UnsafeFileError
+from fsiad.fewshot.fileio import atomic_path, atomic_write_text
 
 __all__ = [
     "WeightInfo", "WeightSpec", "WeightsNotFoundError", "fsiad_home", "weights_dir", "is_offline",
@@ -158,9 +159,7 @@ def sha256_file(path: str | Path) -> str:
     digest = hash_file(path)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
-        tmp.replace(memo)
+        atomic_write_text(memo, json.dumps({**stamp, "sha256": digest}))
     except OSError:
         pass  # read-only home: checksum still correct, only not memoised
     return digest
@@ -186,14 +185,12 @@ def _from_package(spec: WeightSpec, src: Path, convert: bool = True) -> Path:
     if not convert:
         return src
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
     try:
-        spec.convert(src, tmp)
+        with atomic_path(dst) as tmp:
+            spec.convert(src, tmp)
     except Exception as exc:  # noqa: BLE001 - name the source file in one line
-        tmp.unlink(missing_ok=True)
         raise ValueError(f"{src}: cannot convert weights for {spec.key} ({type(exc).__name__}: {exc})") from exc
-    tmp.replace(dst)
-    stamp.write_text(src_sum)
+    atomic_write_text(stamp, src_sum)
     return dst
 
 

@@ -34,14 +34,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from fsiad.fewshot.errors import FsiadError, UnsafeFileError
-from fsiad.fewshot.fileio import atomic_write_json, is_inside
+from fsiad.fewshot.fileio import atomic_path, atomic_write_json, is_inside
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig
 from fsiad.fewshot.workflow.thresholds import Calibration
 
@@ -116,15 +115,9 @@ def _write_state(state: dict[str, torch.Tensor], path: Path) -> str:
     """Write ``state`` as safetensors atomically (unique temp name); return its sha256."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "fsiad-state/1"})
-        digest = _sha256(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "fsiad-state/1"})
+        digest = _sha256(tmp)
     return digest
 
 
@@ -318,14 +311,8 @@ def _record_references(refs: list[str], directory: Path, copy: bool) -> list[dic
             rel = f"{REFERENCES_DIR}/{i:04d}-{digest[:12]}{p.suffix.lower()}"
             dst = directory / rel
             if not (dst.is_file() and _sha256(dst) == digest):
-                fd, tmp = tempfile.mkstemp(prefix=".ref.", suffix=".tmp", dir=ref_dir)
-                os.close(fd)
-                try:
+                with atomic_path(dst) as tmp:
                     shutil.copyfile(p, tmp)
-                    os.replace(tmp, dst)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
             keep.add(Path(rel).name)
         entries.append({"path": str(p), "sha256": digest, "copy": rel})
     if ref_dir.is_dir():  # copies of an earlier save into the same folder
