@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import shutil
 import subprocess
@@ -57,7 +55,8 @@ def test_labels_csv(tmp_path):
 
 def test_colormap_and_overlay():
     c = colormap(np.array([0.0, 0.5, 1.0]))
-    assert c[0, 2] > 100 and c[0, 0] == 0 and c[2, 0] > 100 and c[2, 2] == 0  # blue low, red high
+    assert c[0, 2] > c[0, 0] and c[0, 1] < 10 and c[2, 0] > 240 and c[2, 2] < 60  # viridis: purple low, yellow high
+    assert c[1, 1] > c[1, 0] and c[1, 1] > 120  # green-teal in the middle
     img = np.zeros((8, 8, 3), np.uint8)
     ov = overlay(img, np.linspace(0, 1, 16).reshape(4, 4), 0.0, 1.0)  # map resized to the image
     assert ov.shape == (8, 8, 3) and ov[-1, -1, 0] > ov[0, 0, 0]
@@ -87,28 +86,36 @@ def test_report_contains_every_image(report_run):
     html = (report_run / "report.html").read_text()
     names = [line.split(",")[1] for line in (report_run / "scores.csv").read_text().splitlines()[1:]]
     assert len(names) == 8
-    cards = re.findall(r'<div class="card" id="img-([^"]+)"><img alt="[^"]*" src="data:image/png;base64,([^"]+)"', html)
-    assert sorted(n for n, _ in cards) == sorted(names)
+    cards = re.findall(r'<div class="card[^"]*" id="img-([^"]+)"><a href="([^"]+)"><img alt="[^"]*" loading="lazy" '
+                       r'src="([^"]+)"', html)
+    assert sorted(n for n, _, _ in cards) == sorted(names)
+    decisions = re.findall(r"#\d+ score <b>[0-9.e+-]+</b> <span class=\"(\w+)\">", html)
+    assert decisions == sorted(decisions)  # flagged (anomalous) first
     scores = [float(s) for s in re.findall(r"#\d+ score <b>([0-9.e+-]+)</b>", html)]
-    assert scores == sorted(scores, reverse=True)
-    for _, b64 in cards:
-        with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
-            assert im.format == "PNG" and im.width > im.height > 0
-    refs = re.findall(r'<img alt="reference [^"]+" title="[^"]+" src="data:image/png;base64,', html)
+    flagged = decisions.count("anomalous")
+    assert scores[:flagged] == sorted(scores[:flagged], reverse=True)
+    assert scores[flagged:] == sorted(scores[flagged:], reverse=True)
+    for name, overlay_link, thumb in cards:
+        assert overlay_link == f"overlays/{name}.png" and thumb == f"thumbs/{name}.jpg"
+        with Image.open(report_run / thumb) as im:
+            assert im.format == "JPEG" and im.width > 2 * im.height > 0  # original | overlay | contour
+    refs = re.findall(r'<img alt="reference [^"]+" title="[^"]+" loading="lazy" src="thumbs/reference-\d\.jpg"', html)
     assert len(refs) == 3
+    assert "base64" not in html
     assert "broken.png" in html and "Targets not scored (1)" in html and "<svg" in html and "AUROC" in html
-    assert not re.search(r"<script|<link|@import|url\(|https?://(?!www\.w3\.org/2000/svg)", html)
+    assert not re.search(r"<script|<link|@import|url\((?!#)|https?://(?!www\.w3\.org/2000/svg)", html)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package `chromium`)")
 def test_report_renders_in_headless_chromium(report_run, tmp_path):
-    """Load a copy of report.html with a check script appended; every <img> must decode."""
+    """Load a copy of report.html with a check script appended; every linked <img> must decode."""
     check = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
              "const bad=imgs.filter(i=>!(i.complete&&i.naturalWidth>0)).length;"
              "const d=document.createElement('div');d.id='imgcheck';"
              "d.textContent='IMGCHECK total='+imgs.length+' broken='+bad;document.body.appendChild(d);});</script>")
-    page = tmp_path / "page.html"
-    page.write_text((report_run / "report.html").read_text().replace("</body>", check + "</body>"))
+    page = report_run / "check-page.html"  # beside report.html: its thumbs/ links resolve (eager loading here)
+    page.write_text((report_run / "report.html").read_text().replace(' loading="lazy"', "")
+                    .replace("</body>", check + "</body>"))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ from fsiad.fewshot.data.base import Sample
 from fsiad.fewshot.methods import MethodConfig, create_method
 from fsiad.fewshot.methods.knn import augment_shots
 from fsiad.fewshot.workflow.runner import decision, fit_references
-from fsiad.fewshot.workflow.thresholds import ThresholdRule, calibrate_loo, loo_unavailable_reason
+from fsiad.fewshot.workflow.thresholds import N_VIEWS, ThresholdRule, calibrate_loo, loo_unavailable_reason
 
 from tests.workflow_helpers import loo_scores_numpy, register_test_methods, write_images
 
@@ -17,11 +17,12 @@ from tests.workflow_helpers import loo_scores_numpy, register_test_methods, writ
 def test_rule_parse_and_apply():
     s = [0.2, 0.4, 0.9, 0.5]
     assert ThresholdRule.parse("max").apply(s) == 0.9
+    assert str(ThresholdRule()) == "tail" and ThresholdRule.parse("TAIL").kind == "tail"
     r = ThresholdRule.parse(" Mean+2.5STD ")
     assert str(r) == "mean+2.5std"
     assert r.apply(s) == pytest.approx(np.mean(s) + 2.5 * np.std(s))
     assert ThresholdRule.parse("mean+0std").apply(s) == pytest.approx(0.5)
-    for bad in ("median", "mean+std", "mean-3std", ""):
+    for bad in ("median", "mean+std", "mean-3std", "", "tails"):
         with pytest.raises(ValueError, match="unknown threshold rule"):
             ThresholdRule.parse(bad)
     with pytest.raises(ValueError):
@@ -86,7 +87,8 @@ def test_references_encoded_once_and_cache_dropped(refs):
     m.encoder._patch_features = counting
     views = augment_shots(torch.zeros(1, 3, 2, 2), m.opts["augment"]).shape[0]  # flips: 4 per shot
     cal, _ = fit_references(m, refs[:3], seed=0)
-    assert sum(seen) == 3 * views and m.encoder._cache is None
+    # memory: each reference's flips once; held out: the original is cached, its N_VIEWS views are new
+    assert sum(seen) == 3 * views + 3 * N_VIEWS and m.encoder._cache is None
     plain = calibrate_loo(m, refs[:3], ThresholdRule())  # no cache: every LOO fit re-encodes
-    assert sum(seen) == 3 * views + 3 * 2 * views + 3
+    assert sum(seen) == 3 * views + 3 * N_VIEWS + 3 * 2 * views + 3 * (1 + N_VIEWS)
     np.testing.assert_allclose(cal.loo_scores, plain.loo_scores, rtol=1e-5)

@@ -25,9 +25,13 @@ Default rule ``tail`` (``--threshold-rule tail``, ``--target-fpr`` = 0.01), buil
    rate, recorded). Scores <= 0 (a method whose scores are not positive) are fitted on the raw
    scale (a normal law) instead. Extreme-value (GPD) fits need hundreds of samples; with a
    handful of references they are not attempted.
-4. **Pixels.** The same fit over the maximum of each LOO map gives the pixel threshold: a normal
-   part shows any pixel above it with probability about ``target_fpr``. Defect masks are the
-   pixels of a flagged image at or above it. ``map_floor`` (median of the LOO maps' medians) is
+4. **Pixels.** The pixel threshold is the image threshold carried onto the map scale: times
+   the median ratio (maximum of a LOO map) / (its image score) over the same samples (1 when the
+   image score is the map's maximum). A normal part thus shows a pixel above it about as
+   rarely as it is flagged, and a flagged image has its peak near or above it. Defect masks
+   are the pixels of a flagged image at or above it. (A separate tail fit of the map maxima
+   was tried: on few samples it lands far from the image threshold, leaving most flagged
+   images without a mask.) ``map_floor`` (median of the LOO maps' medians) is
    the normal background level, the bottom of the colour scale.
 
 Rules ``max`` and ``mean+<k>std`` over the K LOO scores (originals only) stay available; they
@@ -278,9 +282,9 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
     if rule.kind == "tail":
         fit = tail_fit(image_samples, target_fpr, len(keep))
         value = fit["threshold"]
-        pix = tail_fit(pixel_samples, target_fpr, len(keep))
-        fit = {**fit, "excluded": [o["index"] for o in outliers], "pixel": pix}
-        pixel_value = pix["threshold"]
+        ratio = float(np.median(np.asarray(pixel_samples) / np.maximum(np.asarray(image_samples), 1e-12)))
+        pixel_value = value * ratio if value > 0 and ratio > 0 else value
+        fit = {**fit, "excluded": [o["index"] for o in outliers], "map_max_to_score": ratio}
         desc = (f"threshold {value:.6g} = robust log-normal tail fit at a target false-alarm rate of "
                 f"{target_fpr:g} over {len(image_samples)} leave-one-out scores ({len(keep)} reference(s) "
                 f"x {1 + len(views[0])} views" + (f"; {len(outliers)} odd reference(s) left out" if outliers else "")
