@@ -87,7 +87,7 @@ def concat_nearest(feats: list[torch.Tensor]) -> torch.Tensor:
 
 @register_method("regad")
 class RegAD(AnomalyMethod):
-    """Per-position Gaussian of augmented support features; Mahalanobis map (training-free RegAD).
+    """Per-position Gaussian of (registered) augmented support features; Mahalanobis map (RegAD).
 
     Test-time procedure of RegAD: the K support images are augmented with RegAD's fixed list
     (``augment_support``: 22 K images); stage outputs of ``layers`` (strides 4, 8, 16) are
@@ -97,11 +97,32 @@ class RegAD(AnomalyMethod):
     bilinearly upsampled to the input side and blurred (``sigma`` 4); image score = map maximum
     (``score="max"``, RegAD) or ``topk_mean`` of the top ``topk`` share (``score="topk"``).
 
+    Registration (``--weights CKPT`` = a checkpoint of ``fsiad train regad``, see
+    ``regad_train``): the checkpoint's STNs (``regad_net.RegistrationNet``, meta-trained on
+    other categories with the target held out) register the frozen stage features of supports
+    and queries before the Gaussian. The checkpoint fixes encoder, layers and image size; its
+    sha256 (recorded in ``CKPT.json``) and the encoder weights' sha256 are checked before
+    anything is parsed. ``frame="registered"`` (default): every stage is warped by the final
+    composite transform, the Gaussians and distances live in that registered frame, and the
+    distance map is warped back to the input frame (inverse transform, border padding).
+    ``frame="input"``: the paper's choice, each STN output warped back to the input frame
+    before the Gaussian. Without a checkpoint the method is training-free (no STN);
+    ``describe()["registration"]`` (in ``run.json``) says which.
+
     Deviations from the paper:
-      * No registration network. RegAD meta-trains STN modules + a Siamese head on the other
-        categories and takes the features after the STNs (warped back to the input frame);
-        fsiad's ``regad`` is training-free: frozen ImageNet features, no STN, no training, so no
-        model selection (RegAD's ``train.py`` keeps the epoch with the best TEST AUROC, #18).
+      * Frozen encoder. RegAD fine-tunes its ResNet-18 together with the STNs and re-runs each
+        stage on the previous stage's warped output. fsiad's STNs sit on FROZEN stage outputs
+        (any encoder: CNN stages or ViT patch grids): stage ``l`` is warped by the composite of
+        the earlier stages' transforms before its STN predicts the next one. Because the encoder
+        is not re-run on warped features, warping the STN outputs back (``frame="input"``, the
+        paper) nearly undoes the registration; hence the default ``frame="registered"``.
+      * Meta-training on synthetic categories (``fewshot.data.synthetic``) plus whatever other
+        real categories are at hand, frozen features encoded once, no augmentation of the
+        training pairs; fixed schedule and last epoch (the paper's ``train.py`` keeps the epoch
+        with the best TEST AUROC, #18: not done). One SGD optimiser over STN + projection +
+        predictor (the paper's three SGD optimisers with the same settings are equivalent), lr
+        0.01 instead of 1e-4 (fresh heads on frozen features; 1e-4 barely moves them in the
+        CPU budget), 10 epochs instead of 50, K = 4 supports per query, batch 32.
       * Default encoder ``tf_efficientnet_lite0`` (offline package weights here; RegAD's
         ResNet-18 has none), layers ``blocks.1, blocks.2, blocks.4`` (24 + 40 + 112 = 176
         channels at strides 4/8/16, like ResNet ``layer1-3``). ``encoder="resnet18"`` selects the
@@ -112,13 +133,16 @@ class RegAD(AnomalyMethod):
         AUROC; per-image outputs stay independent of the test batch).
       * ``n_features`` (default ``None`` = all channels): optional seeded random channel
         subset (PaDiM-style, for wide backbones); RegAD keeps all channels.
+      * Model folders (``fsiad fit`` / ``predict``) store the Gaussian but not the STNs; a
+        checkpoint is used by ``score`` / ``eval`` (``--weights``).
 
     Memory: the fit holds ``22 K * P * C`` float32 features (K = 4, P = 56^2, C = 176: 0.2 GB)
     and fits ``fit_chunk`` positions at a time; the state keeps mean ``[P, C]`` and the Cholesky
     factor ``[P, C, C]`` (0.39 GB for C = 176), not the covariance.
 
     Options: ``layers``, ``eps`` 0.01, ``sigma`` 4, ``augment`` True, ``n_features`` None,
-    ``seed`` 0 (channel subset), ``score`` ``max`` | ``topk``, ``topk`` 0.01, ``fit_chunk`` 256.
+    ``seed`` 0 (channel subset), ``score`` ``max`` | ``topk``, ``topk`` 0.01, ``fit_chunk`` 256,
+    ``frame`` ``registered`` | ``input`` (with a checkpoint).
     """
 
     regime = "few-shot"
