@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "methods": ("cmd_methods", "methods_command", "List methods, or one method's options."),
     "models": ("cmd_models", "models", "List encoders and whether their weights are here."),
     "inspect": ("cmd_inspect", "inspect_command", "Score one RGB-D sample or point cloud (3D branch)."),
-    "prompts": ("cmd_prompts", "prompts_group", "Show, validate and create prompt files (CLIP methods)."),
+    "prompts": ("cmd_prompts", "prompts_group", "Prompt files of the CLIP methods: show, validate, init, compare, explain."),
     "train": ("cmd_train", "train_group", "Meta-train a method's learned parts (RegAD) with the target held out."),
 }
 
