@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 from fsiad.fewshot.errors import OptionError
@@ -132,3 +133,34 @@ def _splice(text: str, category: str, values: dict) -> str:
     indent = last_k.start_mark.column
     end = _leaf_end(last_v)
     return text[:end] + "\n" + _block(category, values, indent) + text[end:]
+
+
+def init_prompts(directory: str | Path, *, force: bool = False, category: str | None = None,
+                 name: str | None = None, extra_normal: Sequence[str] = (),
+                 extra_anomalous: Sequence[str] = ()) -> tuple[Path, str, list[str]]:
+    """``fsiad prompts init``: write ``DIRECTORY/prompts.yaml`` (a copy of the default ensemble)
+    and/or set one category's override in it (edited in place, validated before writing).
+
+    Returns:
+        ``(path, verb, changes)``: ``verb`` is ``wrote``, ``updated`` or ``unchanged``.
+    """
+    from fsiad.fewshot.errors import OptionError
+    from fsiad.fewshot.fileio import atomic_write_text
+    from fsiad.prompts.loader import default_prompts_path
+
+    dst = Path(directory) / "prompts.yaml"
+    if category is None and (name is not None or extra_normal or extra_anomalous):
+        raise OptionError("--name / --extra-normal / --extra-anomalous need --category CATEGORY")
+    exists = dst.exists()
+    if exists and category is None and not force:
+        raise OptionError(f"{dst}: already exists (use --force to overwrite, or --category to edit an override)")
+    text = dst.read_text(encoding="utf-8") if exists and not force else default_prompts_path().read_text(encoding="utf-8")
+    changes: list[str] = []
+    if category is not None:
+        text, changes = set_category(text, category, name=name, extra_normal=extra_normal,
+                                     extra_anomalous=extra_anomalous, label=str(dst))
+    if exists and not force and not changes:
+        return dst, "unchanged", changes
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dst, text)
+    return dst, "updated" if exists and not force else "wrote", changes

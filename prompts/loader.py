@@ -233,3 +233,24 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
     cats = {str(k): dict(v) for k, v in (data.get("categories") or {}).items()}
     return PromptSet(list(data["normal_states"]), list(data["anomalous_states"]), list(data["templates"]),
                      cats, str(path), warns)
+
+
+def format_expanded(ps: PromptSet, category: str) -> str:
+    """``fsiad prompts show``: the expanded prompts of ``category`` with counts and repeats."""
+    out: list[str] = []
+    cp = ps.expand(category)
+    out.append(f"# file: {ps.source}")
+    out.append(f"# category: {category} -> class name {cp.class_name!r}")
+    for label, items in (("normal", cp.normal), ("anomalous", cp.anomalous)):
+        repeats = len(items) - len(set(items))
+        out.append(f"## {label}: {len(items)} prompts" + (f" ({repeats} repeated)" if repeats else ""))
+        for text in items:
+            out.append(f"  {text}")
+    out.append(f"# total: {len(cp.normal)} normal + {len(cp.anomalous)} anomalous = "
+               f"{len(cp.normal) + len(cp.anomalous)} prompts")
+    if ps.duplicates:
+        out.append(f"# {len(ps.duplicates)} repeated entr{'y' if len(ps.duplicates) == 1 else 'ies'} kept "
+                   "(each repeat counts again in the mean):")
+        for w in ps.duplicates:
+            out.append(f"#   {w}")
+    return "\n".join(out)
