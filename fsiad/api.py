@@ -35,7 +35,8 @@ def _config(encoder: str | None, device: str, image_size: int | None, options: d
 
 
 def fit(normal: PathLike | None = None, shots: int = 4, method: str = "knn", *, seed: int = 0,
-        threshold: float | None = None, threshold_rule: str = "max", encoder: str | None = None,
+        threshold: float | None = None, threshold_rule: str | None = None, target_fpr: float | None = None,
+        encoder: str | None = None,
         device: str = "auto", image_size: int | None = None, options: dict[str, Any] | None = None,
         demo: str | None = None, **config: Any):
     """Fit ``method`` on ``shots`` normal images drawn (seeded) from the folder ``normal``.
@@ -44,7 +45,9 @@ def fit(normal: PathLike | None = None, shots: int = 4, method: str = "knn", *, 
         normal: folder of normal images (searched recursively); ``None`` with ``demo``.
         shots: K references (0 for zero-shot methods). method: see ``fsiad methods``.
         seed: seed of the reference draw. threshold: a fixed decision threshold, else
-            calibrated on the references (``threshold_rule``: ``max`` or ``mean+<k>std``).
+            calibrated on the references: ``threshold_rule`` (default ``tail``: a robust tail fit
+            of the references' leave-one-out scores at ``target_fpr``, odd references left out;
+            or ``max`` / ``mean+<k>std``), ``target_fpr`` (default 0.01).
         encoder, device, image_size: encoder settings (``device="auto"``: CUDA, MPS, CPU).
         options: method options (``fsiad methods NAME`` lists them), e.g. ``{"layers": [11]}``.
         demo: ``"textile"`` to draw references from the embedded demo set instead.
@@ -56,8 +59,9 @@ def fit(normal: PathLike | None = None, shots: int = 4, method: str = "knn", *, 
     """
     from fsiad.fewshot.workflow.session import InspectionSession
 
+    rule = {k: v for k, v in {"threshold_rule": threshold_rule, "target_fpr": target_fpr}.items() if v is not None}
     session = InspectionSession(method, _config(encoder, device, image_size, options, **config), shots=shots,
-                                seed=seed, threshold=threshold, threshold_rule=threshold_rule)
+                                seed=seed, threshold=threshold, **rule)
     return session.fit(normal, demo=demo)
 
 

@@ -85,7 +85,7 @@ def inspect_sample(method: RGBDMethod, sample: Sample, out_dir: str | Path, stem
 
     files = {"ply": out_dir / f"{stem}_scores.ply", "overlay": out_dir / f"{stem}_overlay.png",
              "depth_score": out_dir / f"{stem}_depth_score.png", "json": out_dir / f"{stem}_inspect.json"}
-    write_ply(files["ply"], pts, render.jet(render.normalise(pscores, lo, hi)), pscores)
+    write_ply(files["ply"], pts, render.colors(render.normalise(pscores, lo, hi)), pscores)
     render.save_png(render.overlay(base, full_map, lo, hi), files["overlay"])
     depth = depth_image(batch.xyz[0].numpy())
     side = np.concatenate([depth, render.colormap(render.normalise(amap, lo, hi))], axis=1)

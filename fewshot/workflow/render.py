@@ -59,8 +59,6 @@ def colors(x: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(x, _STOPS, VIRIDIS[:, c]) for c in range(3)], axis=-1).astype(np.float32)
 
 
-#: former name, kept for callers (the map is viridis now, not jet).
-jet = colors
 
 
 def colormap(x: np.ndarray) -> np.ndarray:
