@@ -416,7 +416,7 @@ class FittedModel:
             for i, s in enumerate(samples):
                 score = reused.get(Path(s.path).resolve())
                 if score is not None:
-                    images[i] = ScoredImage(Path(s.path), names[i], score, s.label)
+                    images[i] = ScoredImage(Path(s.path), names[i], score, s.label, s.defect)
                     amap = np.load(folder.map_path(names[i]))
                     lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
                     if keep:
