@@ -38,7 +38,7 @@ def train_group() -> None:
                                                "rotation_translation", "affine"]),
               default="rotation_scale", show_default=True, help="STN parametrisation (paper: rotation_scale).")
 @click.option("--shots", type=click.IntRange(min=1), default=4, show_default=True, help="Supports per query (K).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="SGD learning rate (momentum 0.9, cosine decay).")

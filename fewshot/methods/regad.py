@@ -122,7 +122,7 @@ class RegAD(AnomalyMethod):
         with the best TEST AUROC, #18: not done). One SGD optimiser over STN + projection +
         predictor (the paper's three SGD optimisers with the same settings are equivalent), lr
         0.01 instead of 1e-4 (fresh heads on frozen features; 1e-4 barely moves them in the
-        CPU budget), 10 epochs instead of 50, K = 4 supports per query, batch 32.
+        CPU budget), 5 epochs instead of 50, K = 4 supports per query, batch 32.
       * Default encoder ``tf_efficientnet_lite0`` (offline package weights here; RegAD's
         ResNet-18 has none), layers ``blocks.1, blocks.2, blocks.4`` (24 + 40 + 112 = 176
         channels at strides 4/8/16, like ResNet ``layer1-3``). ``encoder="resnet18"`` selects the

@@ -67,7 +67,7 @@ class TrainConfig:
     image_size: int = 224
     stn_mode: str = "rotation_scale"
     shots: int = 4
-    epochs: int = 20
+    epochs: int = 5
     batch_size: int = 32
     lr: float = 0.01
     momentum: float = 0.9
