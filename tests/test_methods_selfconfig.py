@@ -55,7 +55,7 @@ def test_mask_through_non_square_path_lands_where_it_was():
     work = native_shape(h, w, 224, 14)
     small = torch.nn.functional.interpolate(torch.from_numpy(mask).float()[None, None], size=(work[0] // 14, work[1] // 14),
                                             mode="area")[0, 0]
-    sq = map_to_square(small, work, 224, 0.0) > 0.25
+    sq = map_to_square(small, 224, 0.0) > 0.25
     ref = Preprocess(224).masks([mask])[0]
     iou = (sq & ref).sum() / (sq | ref).sum()
     assert iou > 0.6, float(iou)

@@ -11,8 +11,8 @@ Two kinds of category, chosen by the category name's prefix:
   ring replaced by background) and ``contamination`` (dark irregular blob on the ring).
 - ``wide*``: a wide inspection image (``2.46 S x S``, e.g. 1130 x 460 for ``S = 460``) of a
   brushed surface with horizontal streaks, a row of bright rivets and a lighting gradient.
-  Tiny defects of 0.1-0.5 % of the image area: ``spot`` (dark or bright irregular spot) and
-  ``scratch`` (thin dark line).
+  Tiny, faint defects of 0.1-0.5 % of the image area: ``spot`` (7 % darker or brighter) and
+  ``scratch`` (thin line, 10 % darker).
 
 Each defect changes exactly the pixels of its mask (no anti-aliasing), masks are 0/255 PNG
 (VisA variant: class indices 1, 2). Everything is deterministic per ``seed``.
@@ -145,16 +145,16 @@ def _wide_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[
             ang = np.arctan2(y - cy, x - cx)
             rad = r * (1 + 0.15 * np.cos(3 * ang + rng.uniform(0, 6.3)))
             mask = np.hypot(y - cy, x - cx) <= rad
-            img[mask] *= rng.choice([0.75, 1.2])
+            img[mask] *= rng.choice([0.93, 1.07])
         else:
-            width = max(2.0, 0.006 * h)
-            length = area / width
+            width = max(1.5, 0.004 * h)
+            length = min(area / width, 0.4 * w)
             a = rng.uniform(0, np.pi)
             p0 = np.array([cy, cx])
             d = length * np.array([np.sin(a), np.cos(a)])
             t = np.clip(((y - p0[0]) * d[0] + (x - p0[1]) * d[1]) / float(d @ d), 0, 1)
             mask = np.hypot(y - (p0[0] + t * d[0]), x - (p0[1] + t * d[1])) <= width / 2
-            img[mask] *= 0.7
+            img[mask] *= 0.9
     return img, mask
 
 

@@ -130,18 +130,17 @@ def grouped(shapes: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list
             yield idx[s : s + batch_size]
 
 
-def map_to_square(grid: torch.Tensor, work: tuple[int, int], size: int, sigma: float) -> torch.Tensor:
-    """Patch grid ``[h, w]`` -> map at the working pixels ``work`` (bilinear), blurred by ``sigma``
-    working pixels, then resized to ``[size, size]`` (the method's output contract)."""
-    x = F.interpolate(grid.float()[None, None], size=work, mode="bilinear", align_corners=False)[0]
-    x = gaussian_blur(x, sigma)
-    if tuple(work) != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    return x[0]
+def map_to_square(grid: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Patch grid ``[h, w]`` (any aspect) -> ``[size, size]`` map: bilinear resize to the square
+    output (the squash the evaluation applies to masks) then a Gaussian blur of ``sigma`` output
+    pixels, as the square path (``upsample_blur``)."""
+    x = F.interpolate(grid.float()[None, None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return gaussian_blur(x, sigma)[0]
 
 
 def map_to_shape(grid: torch.Tensor, work: tuple[int, int], shape: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Like ``map_to_square`` but to any ``(height, width)``, e.g. the image's own size."""
+    """Patch grid ``[h, w]`` -> map at the working pixels ``work`` (bilinear), blurred by
+    ``sigma`` working pixels, then resized to ``shape``, e.g. the image's own size."""
     x = F.interpolate(grid.float()[None, None], size=work, mode="bilinear", align_corners=False)[0]
     x = gaussian_blur(x, sigma)
     if tuple(work) != tuple(shape):
