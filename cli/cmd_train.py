@@ -36,7 +36,8 @@ def train_group() -> None:
 @click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
 @click.option("--stn-mode", type=click.Choice(["rotation_scale", "rotation", "translation",
                                                "rotation_translation", "affine"]),
-              default="rotation_scale", show_default=True, help="STN parametrisation (paper: rotation_scale).")
+              default="rotation", show_default=True,
+              help="STN parametrisation (paper: rotation_scale, which collapses to a zoom on frozen features).")
 @click.option("--shots", type=click.IntRange(min=1), default=4, show_default=True, help="Supports per query (K).")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)

@@ -116,6 +116,10 @@ class RegAD(AnomalyMethod):
         the earlier stages' transforms before its STN predicts the next one. Because the encoder
         is not re-run on warped features, warping the STN outputs back (``frame="input"``, the
         paper) nearly undoes the registration; hence the default ``frame="registered"``.
+      * STN parametrisation ``rotation`` (default of ``fsiad train regad``) instead of the
+        paper's ``rotation_scale``: on frozen features the scale parameters collapse (measured
+        on magnetic_tile: the composite transform zooms ~10x into the image centre, where
+        query and supports look alike, and AUPRO falls from 73 to 18).
       * Meta-training on synthetic categories (``fewshot.data.synthetic``) plus whatever other
         real categories are at hand, frozen features encoded once, no augmentation of the
         training pairs; fixed schedule and last epoch (the paper's ``train.py`` keeps the epoch
@@ -276,7 +280,7 @@ class RegAD(AnomalyMethod):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
                 "registration": self._registration(), "n_augment": N_AUGMENT if self.opts["augment"] else 1,
-                **{k: v for k, v in self.opts.items() if k != "layers"}}
+                **{k: v for k, v in self.opts.items() if k != "layers" and (k != "frame" or self.net is not None)}}
 
     def _registration(self) -> Any:
         if self.checkpoint is None:

@@ -65,7 +65,7 @@ class TrainConfig:
     encoder: str = "tf_efficientnet_lite0"
     layers: list[str | int] | None = None
     image_size: int = 224
-    stn_mode: str = "rotation_scale"
+    stn_mode: str = "rotation"
     shots: int = 4
     epochs: int = 5
     batch_size: int = 32
