@@ -111,6 +111,10 @@ class PatchCore(AnomalyMethod):
     def preprocess(self) -> Preprocess:
         return self.encoder.preprocess
 
+    @property
+    def _device(self) -> torch.device:
+        return torch.device(getattr(self.encoder, "device", "cpu"))
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` -> locally aggregated, fused patch features ``[N, h, w, C]``."""
         return fuse_layers(self.encoder.patch_features(images, self.layers), r=int(self.opts["patch_size"]))
@@ -122,7 +126,7 @@ class PatchCore(AnomalyMethod):
             bank.append(f.reshape(-1, f.shape[-1]))
         if not bank:
             raise ValueError("patchcore: needs normal training images (use --shots all or K >= 1)")
-        bank_t = torch.cat(bank)
+        bank_t = torch.cat(bank).to(self._device)  # coreset and kNN run where the encoder runs (GPU too)
         del bank
         self.n_train_patches = int(bank_t.shape[0])
         ratio = float(self.opts["coreset_ratio"])
@@ -134,17 +138,18 @@ class PatchCore(AnomalyMethod):
         self.memory = bank_t.contiguous()
 
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
-        f = self.features(images)
+        f = self.features(images).to(self._device)
         n, h, w, c = f.shape
         flat = f.reshape(-1, c)
-        d, i = knn_search(flat, self.memory, k=1, metric="l2")
+        d, i = knn_search(flat, self.memory.to(self._device), k=1, metric="l2")
+        d, i = d.to(flat.device), i.to(flat.device)
         grid = d[:, 0].reshape(n, h * w)
         best = grid.argmax(1)
-        rows = torch.arange(n) * h * w + best
+        rows = torch.arange(n, device=flat.device) * h * w + best
         scores = reweighted_scores(flat[rows], grid.max(1).values, i[rows, 0], self.memory,
                                    int(self.opts["reweight_b"]))
         maps = upsample_blur(grid.reshape(n, h, w), self.preprocess.size, float(self.opts["sigma"]))
-        return AnomalyResult(scores, maps)
+        return AnomalyResult(scores.cpu(), maps.cpu())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
@@ -153,7 +158,7 @@ class PatchCore(AnomalyMethod):
                 **{k: v for k, v in self.opts.items() if k != "layers"}}
 
     def get_state(self) -> dict[str, torch.Tensor]:
-        return {} if self.memory is None else {"memory": self.memory}
+        return {} if self.memory is None else {"memory": self.memory.cpu()}
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
         self.memory = state.get("memory")
