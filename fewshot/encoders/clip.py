@@ -89,6 +89,10 @@ class CLIPEncoder(Encoder):
         self.text_cache = text_cache
         self._text_memo: dict[str, torch.Tensor] = {}
         self._plain_blocks = all(_is_plain_block(b) for b in visual.transformer.resblocks)
+        # pooled-only forwards (windows, crops) may skip the non-CLS rows of the last block
+        self._cls_last = (self._plain_blocks and getattr(visual, "attn_pool", None) is None
+                          and getattr(visual, "pool_type", "tok") == "tok"
+                          and not getattr(visual, "final_ln_after_pool", False))
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -143,9 +147,28 @@ class CLIPEncoder(Encoder):
             pooled = pooled @ v.proj
         return pooled, tokens
 
+    def _encode_pooled(self, seq: torch.Tensor) -> torch.Tensor:
+        """Projected pooled embedding ``[B, D]`` of ``[B, L, width]`` (same as ``_encode_sequences[0]``).
+
+        With plain blocks and CLS-token pooling, the last block is evaluated for the CLS row
+        only: its keys and values still come from every token, but the query, output
+        projection and MLP of the other rows (never read by the pooling) are skipped. Same
+        operations on the rows that matter, so the embedding equals the full forward up to
+        float rounding of differently shaped matrix products.
+        """
+        if not self._cls_last:
+            return self._encode_sequences(seq)[0]
+        v = self.visual
+        x = v.ln_pre(seq)
+        blocks = v.transformer.resblocks
+        for block in blocks[:-1]:
+            x = _block_forward(block, x)
+        x = v.ln_post(_block_forward_cls(blocks[-1], x)[:, 0])
+        return x @ v.proj if v.proj is not None else x
+
     def _encode_chunked(self, seq: torch.Tensor) -> torch.Tensor:
         per = max(1, self.chunk_tokens // seq.shape[1])
-        return torch.cat([self._encode_sequences(seq[i : i + per])[0].float() for i in range(0, seq.shape[0], per)])
+        return torch.cat([self._encode_pooled(seq[i : i + per]).float() for i in range(0, seq.shape[0], per)])
 
     def image_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One plain forward: projected image embedding ``[N, D]`` and final patch tokens
@@ -157,7 +180,8 @@ class CLIPEncoder(Encoder):
 
     def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """Projected CLIP image embedding ``[N, D]`` (as ``model.encode_image``, unnormalised)."""
-        return self.image_outputs(images)[0]
+        with torch.inference_mode(), self.autocast():
+            return self._encode_pooled(self.embed_tokens(images)).float()
 
     def window_embeddings_from_tokens(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """Masked-token window encoding from ``embed_tokens`` output.
@@ -286,6 +310,22 @@ def _block_forward(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tens
     o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
     x = x + block.ls_1(F.linear(o, a.out_proj.weight, a.out_proj.bias))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _block_forward_cls(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """The CLS row of ``block(x)``: ``[B, L, C]`` -> ``[B, 1, C]`` (keys/values from all rows)."""
+    a = block.attn
+    b, n, c = x.shape
+    heads = a.num_heads
+    y = block.ln_1(x)
+    bias = a.in_proj_bias
+    kv = F.linear(y, a.in_proj_weight[c:], None if bias is None else bias[c:])
+    k, v = kv.reshape(b, n, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q = F.linear(y[:, :1], a.in_proj_weight[:c], None if bias is None else bias[:c])
+    q = q.reshape(b, 1, heads, c // heads).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, c)
+    x0 = x[:, :1] + block.ls_1(F.linear(o, a.out_proj.weight, a.out_proj.bias))
+    return x0 + block.ls_2(block.mlp(block.ln_2(x0)))
 
 
 def create_clip_encoder(arch: str | dict, pretrained: str | None = None, *, weights: str | Path | None = None,
