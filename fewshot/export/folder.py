@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from fsiad.fewshot.errors import FsiadError
-from fsiad.fewshot.fileio import OutputLock, atomic_write, atomic_write_bytes, atomic_write_json
+from fsiad.fewshot.fileio import OutputLock, atomic_path, atomic_write, atomic_write_bytes, atomic_write_json
 
 STATE_NAME = ".fsiad-run.json"
 SCORE_FIELDS = ("path", "name", "score", "decision", "label")
@@ -192,24 +192,13 @@ def write_parquet(path: Path, rows: Sequence[Row], threshold: float | None) -> N
                       "score": pa.array([float(r.score) for r in rows], pa.float64()),
                       "decision": [decision(r.score, threshold) for r in rows],
                       "label": pa.array([r.label for r in rows], pa.int64())})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def jet_overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float, alpha: float = 0.5) -> np.ndarray:
-    """Jet-coloured map (``lo..hi``) blended over ``image`` (``SxSx3`` uint8, map ``[S, S]``)."""
-    span = hi - lo
-    x = np.zeros_like(amap, np.float32) if not np.isfinite(span) or span <= 0 else \
-        np.clip((amap.astype(np.float32) - lo) / span, 0.0, 1.0)
-    heat = np.clip(1.5 - np.abs(x[..., None] * 4.0 - np.array([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)
-    heat = (heat * 255.0 + 0.5).astype(np.uint8).astype(np.float32)
-    return np.clip((1.0 - alpha) * image.astype(np.float32) + alpha * heat + 0.5, 0, 255).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_overlay(path: Path, image: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> None:
-    from PIL import Image
+    """The map over ``image`` (same ``[S, S]`` grid) in fsiad's one colour map (``render.overlay``,
+    numpy only), written atomically."""
+    from fsiad.fewshot.workflow import render
 
-    buf = io.BytesIO()
-    Image.fromarray(jet_overlay(image, amap, lo, hi)).save(buf, format="PNG", compress_level=1)
-    atomic_write_bytes(path, buf.getvalue())
+    render.save_png(render.overlay(image, amap.astype(np.float32), lo, hi), path)

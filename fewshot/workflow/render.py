@@ -22,10 +22,13 @@ import base64
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch only for the tensor helper; the renderer itself is numpy (the torch-free runner uses it)
+    import torch
 
 #: viridis at 0, 1/8, ..., 1 (RGB in [0, 1]).
 VIRIDIS = np.array([
@@ -102,9 +105,10 @@ def overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float, alpha: fl
     Returns:
         ``HxWx3`` uint8.
     """
-    from fsiad.fewshot.workflow.decisions import map_to_image
+    if tuple(amap.shape) != tuple(image.shape[:2]):
+        from fsiad.fewshot.workflow.decisions import map_to_image
 
-    amap = map_to_image(amap, image.shape[:2])
+        amap = map_to_image(amap, image.shape[:2])
     x = normalise(amap, lo, hi)
     half = THRESHOLD_POSITION / 2
     a = (np.clip((x - half) / (THRESHOLD_POSITION - half), 0.0, 1.0) * alpha)[..., None]
