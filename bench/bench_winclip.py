@@ -12,6 +12,11 @@ precision it reports the median over ``--repeats`` runs of:
       given on wall time and on process CPU time (less sensitive to a shared, loaded machine);
     * the three timings are taken round-robin each repeat, after one warm-up round;
     * peak RSS (``ru_maxrss``, process-wide, monotone over the run).
+
+``--vs-reference``: side by side with the reference path of the same equations (open_clip's
+own transformer blocks with ``nn.MultiheadAttention``, full last block for pooled outputs,
+i.e. anomalib's way of running the windows; still loop-free), interleaved fast/reference
+runs, images/s of both, the ratio on wall and CPU time, and the max map / score difference.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="clip_vitb16plus_240")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--no-multi-crop", action="store_true")
+    ap.add_argument("--vs-reference", action="store_true", help="interleaved fast vs reference path")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["FSIAD_HOME"] = tempfile.mkdtemp(prefix="fsiad-bench-")  # keep random text embeddings out
@@ -81,6 +87,9 @@ def main() -> None:
     queries = torch.rand(args.images, 3, 240, 240, generator=g)
     shots = torch.rand(4, 3, 240, 240, generator=g)
     opts = {"multi_crop": not args.no_multi_crop}
+    if args.vs_reference:
+        _vs_reference(args, queries, shots, opts)
+        return
     print(f"# WinCLIP CPU benchmark: {args.encoder} random-init, {args.threads} threads, "
           f"{args.images} images/call, median of {args.repeats}, multi_crop={opts['multi_crop']}")
     print("| precision | mode | s/image | images/s | tokens/image | plain s/image | efficiency (wall) "
@@ -101,6 +110,37 @@ def main() -> None:
             eff_c = per_c / (ntok / plain_tok * plain_c)
             print(f"| {precision} | {mode} | {per_w:.3f} | {1 / per_w:.2f} | {ntok} | {plain_w:.4f} | {eff_w:.2f} | "
                   f"{eff_c:.2f} | {_peak_rss_mb():.0f} |", flush=True)
+
+def _vs_reference(args, queries: torch.Tensor, shots: torch.Tensor, opts: dict) -> None:
+    from fsiad.fewshot.encoders import create_encoder
+    from fsiad.fewshot.methods import MethodConfig
+    from fsiad.fewshot.methods.winclip import WinCLIP
+
+    print(f"# WinCLIP fast vs reference path: {args.encoder} random-init, {args.threads} threads, "
+          f"{args.images} images/call, median of {args.repeats} interleaved rounds, multi_crop={opts['multi_crop']}")
+    print("| precision | mode | fast images/s | reference images/s | ratio (wall) | ratio (CPU time) "
+          "| max map diff | max score diff |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for precision in args.precisions.split(","):
+        enc = create_encoder(args.encoder, allow_random=True, precision=precision)
+        fast_flags = (enc._plain_blocks, enc._cls_last)
+        for mode, refs in (("zero-shot", None), ("4-shot", shots)):
+            m = WinCLIP(MethodConfig(class_name="bottle", options=opts, batch_size=args.images), encoder=enc)
+            m.fit(refs)
+            out = {}
+
+            def run(path: str, m=m, out=out, enc=enc, fast_flags=fast_flags):
+                enc._plain_blocks, enc._cls_last = fast_flags if path == "fast" else (False, False)
+                out[path] = m.predict(queries)
+
+            t = _round_robin({"fast": lambda: run("fast"), "reference": lambda: run("reference")}, args.repeats)
+            enc._plain_blocks, enc._cls_last = fast_flags
+            (fw, fc), (rw, rc) = t["fast"], t["reference"]
+            dmap = (out["fast"].anomaly_maps - out["reference"].anomaly_maps).abs().max().item()
+            dscore = (out["fast"].image_scores - out["reference"].image_scores).abs().max().item()
+            print(f"| {precision} | {mode} | {args.images / fw:.3f} | {args.images / rw:.3f} | {rw / fw:.2f} | "
+                  f"{rc / fc:.2f} | {dmap:.1e} | {dscore:.1e} |", flush=True)
+
 
 if __name__ == "__main__":
     main()
