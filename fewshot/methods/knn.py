@@ -122,8 +122,9 @@ class PatchKNN(AnomalyMethod):
     (``fsiad.fewshot.data.defects``: 2 local and 2 global kinds per held-out reference, 32
     images at 224 px, fewer at larger sizes) on up to 4 held-out references, scores each
     candidate by the image AUROC of held-out normals (their flipped views included) against
-    the local and against the global defects, and keeps the best by the mean of the two
-    (within 0.005: the larger normalised margin). When ``mid`` is a member of the choice, the
+    the local and against the global defects, and keeps the best of ``mid`` and ``mid+last``
+    by the mean of the two (within 0.005: the larger normalised margin); ``last`` alone is
+    validated and reported but not chosen (its maps do not localise). When ``mid`` is a member of the choice, the
     map comes from the mid blocks alone (the last block localises poorly) and the image score
     from the sum. The choice, the candidates' validation AUROCs and the seconds it took are in
     ``describe()["selfconfig"]`` and in the saved state. ``preset`` ``mid`` / ``last`` /
@@ -265,6 +266,13 @@ class PatchKNN(AnomalyMethod):
         side = int(min(max(base, want), max(base, int(self.opts["max_side"]))))
         return max(p, round(side / p) * p)
 
+    def _fraction(self) -> float:
+        """Top share of the patch grid averaged for the image score: ``top_fraction`` of the
+        ``S x S`` grid, i.e. the same number of patches at a larger working side (where the
+        working side was raised so that a small defect covers about a patch, a share of the
+        larger grid would average it away)."""
+        return float(self.opts["top_fraction"]) * min(1.0, (self.preprocess.size / self.work_side) ** 2)
+
     def work_shape(self, size: tuple[int, int]) -> tuple[int, int]:
         if not self.native:
             return (self.preprocess.size, self.preprocess.size)
@@ -380,7 +388,7 @@ class PatchKNN(AnomalyMethod):
         area = self.work_side ** 2 / DEFAULT_SIZE ** 2
         budget = max(2 * n_held, int(int(self.opts["budget"]) / max(area, 1.0)))
         plan = defect_plan(n_held, budget)
-        fraction = float(self.opts["top_fraction"])
+        fraction = self._fraction()
         normal: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         defects: dict[str, list[tuple[torch.Tensor, str]]] = {n: [] for n in names}
         for i in range(n_held):
@@ -439,7 +447,7 @@ class PatchKNN(AnomalyMethod):
             names = list(self.members)  # evaluations cache features: one entry whatever each seed chose
         feats = self._encode(work, names)
         s = self.preprocess.size
-        fraction, sigma = float(self.opts["top_fraction"]), float(self.opts["sigma"])
+        fraction, sigma = self._fraction(), float(self.opts["sigma"])
         scores, maps = [], []
         for f, x, (_, size) in zip(feats, work, items, strict=True):
             grid, mgrid = self._combine(f, self.memories, self.weights, self.norm)

@@ -189,11 +189,19 @@ def separation(normal: torch.Tensor, local: torch.Tensor, glob: torch.Tensor) ->
             "dprime": float((allv.mean() - normal.mean()) / sd)}
 
 
+#: candidates ``auto`` may choose: those whose map comes from the mid blocks. The last block
+#: alone localises poorly (a defect shifts every token), and synthetic defects are easy enough
+#: that local ones rarely separate the candidates, so it would often win on global defects
+#: alone and give maps of no use; it is still validated and reported.
+CHOOSABLE = ("mid+last", "mid")
+
+
 def choose(results: dict[str, dict[str, float]], tol: float = 0.005) -> str:
-    """Best candidate by ``score``; within ``tol`` of the best, the first in ``CANDIDATES`` order
-    with the largest margin wins."""
-    best = max(r["score"] for r in results.values())
-    tied = [c for c in CANDIDATES if c in results and results[c]["score"] >= best - tol]
+    """Best ``CHOOSABLE`` candidate by ``score``; within ``tol`` of the best, the one with the
+    largest margin (``dprime``), then the first in ``CANDIDATES`` order, wins."""
+    pool = [c for c in CANDIDATES if c in results and c in CHOOSABLE] or [c for c in CANDIDATES if c in results]
+    best = max(results[c]["score"] for c in pool)
+    tied = [c for c in pool if results[c]["score"] >= best - tol]
     return max(tied, key=lambda c: (results[c]["dprime"], -CANDIDATES.index(c)))
 
 
