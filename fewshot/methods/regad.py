@@ -137,8 +137,10 @@ class RegAD(AnomalyMethod):
         AUROC; per-image outputs stay independent of the test batch).
       * ``n_features`` (default ``None`` = all channels): optional seeded random channel
         subset (PaDiM-style, for wide backbones); RegAD keeps all channels.
-      * Model folders (``fsiad fit`` / ``predict``) store the Gaussian but not the STNs; a
-        checkpoint is used by ``score`` / ``eval`` (``--weights``).
+      * A checkpoint is used by ``score`` / ``eval`` (``--weights``). Model folders: ``fsiad fit``
+        saves one, but ``fsiad predict`` refuses it (one line: the model-folder loader compares
+        the ``--weights`` file's sha256 with the ENCODER's); needs a hook in
+        ``workflow/model.py`` (a method-declared checkpoint checksum) or the STNs in the state.
 
     Memory: the fit holds ``22 K * P * C`` float32 features (K = 4, P = 56^2, C = 176: 0.2 GB)
     and fits ``fit_chunk`` positions at a time; the state keeps mean ``[P, C]`` and the Cholesky
