@@ -87,7 +87,7 @@ def concat_nearest(feats: list[torch.Tensor]) -> torch.Tensor:
 
 @register_method("regad")
 class RegAD(AnomalyMethod):
-    """Per-position Gaussian of (registered) augmented support features; Mahalanobis map (RegAD).
+    """Per-position Gaussian of augmented support features; Mahalanobis map (training-free RegAD).
 
     Test-time procedure of RegAD: the K support images are augmented with RegAD's fixed list
     (``augment_support``: 22 K images); stage outputs of ``layers`` (strides 4, 8, 16) are
