@@ -156,3 +156,28 @@ def test_train_cli_bad_inputs_are_one_line_errors(tmp_path, trained):
                                   "--out", tmp_path / "z.safetensors"), "excluded")
     r = run_cli("train", "regad", "--synthetic", "1", "--epochs", "0", "--out", tmp_path / "w.safetensors")
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_model_folder_with_checkpoint_predicts_like_the_fitted_method(trained, tmp_path):
+    """A model folder of regad fitted with --weights CKPT loads with the same CKPT (its own weights
+    file is recorded beside the encoder's) and refuses another file."""
+    import shutil
+
+    from fsiad.fewshot.workflow.model import ModelError, load_model, save_model
+    from fsiad.fewshot.workflow.thresholds import user_threshold
+
+    out, _ = trained
+    g = torch.Generator().manual_seed(5)
+    support, query = torch.rand(2, 3, SIZE, SIZE, generator=g), torch.rand(2, 3, SIZE, SIZE, generator=g)
+    m = create_method("regad", MethodConfig(weights=str(out), batch_size=16)).fit(support)
+    before = m.predict(query)
+    save_model(m, tmp_path / "model", user_threshold(1.0), {"shots": 2, "seed": 0, "references": []})
+    shutil.move(tmp_path / "model", tmp_path / "moved")
+    loaded, meta = load_model(tmp_path / "moved", weights=str(out))
+    after = loaded.predict(query)
+    assert meta["weights_file"]["sha256"] == m.describe()["weights_file"]["sha256"]
+    assert torch.equal(before.image_scores, after.image_scores)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(out.read_bytes() + b"\0")
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "moved", weights=str(other))

@@ -15,7 +15,7 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,20 +254,24 @@ def resolve_weights(spec: WeightSpec, explicit: str | Path | None = None, *,
 
 # -- checksum expected by a model folder (checked before any weight file is read) --------------
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_EXPECTED: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("fsiad_expected_weights",
-                                                                                   default=None)
+_EXPECTED: contextvars.ContextVar[tuple[frozenset[str], str] | None] = contextvars.ContextVar(
+    "fsiad_expected_weights", default=None)
 
 
 @contextlib.contextmanager
-def expect_weights_checksum(checksum: str | None, what: str = "the model") -> Iterator[None]:
+def expect_weights_checksum(checksum: str | Iterable[str] | None, what: str = "the model") -> Iterator[None]:
     """Inside this block ``resolve_weights`` refuses weights whose sha256 is not ``checksum``.
 
     A model folder records the sha256 of the encoder weights it was fitted with; loading it
     wraps the method construction in this block so that a different file (explicit, cached,
-    packaged or hub) is refused from its checksum BEFORE it is deserialised. ``checksum`` that
-    is not a sha256 (``None``, ``random-init-seed0``) disables the check.
+    packaged or hub) is refused from its checksum BEFORE it is deserialised. ``checksum`` may
+    be several (a method that also reads its own trained file, e.g. a RegAD checkpoint, next to
+    its encoder's weights: every file read must be one of them); values that are not a sha256
+    (``None``, ``random-init-seed0``) are ignored, and none left disables the check.
     """
-    token = _EXPECTED.set((checksum, what) if checksum and _SHA256.match(checksum) else None)
+    values = [checksum] if isinstance(checksum, str) or checksum is None else list(checksum)
+    allowed = frozenset(c for c in values if isinstance(c, str) and _SHA256.match(c))
+    token = _EXPECTED.set((allowed, what) if allowed else None)
     try:
         yield
     finally:
@@ -277,10 +281,10 @@ def expect_weights_checksum(checksum: str | None, what: str = "the model") -> It
 def check_expected_checksum(path: str | Path, checksum: str) -> None:
     """Raise ``UnsafeFileError`` when an ``expect_weights_checksum`` block expects other weights."""
     expected = _EXPECTED.get()
-    if expected is not None and checksum != expected[0]:
+    if expected is not None and checksum not in expected[0]:
         raise UnsafeFileError(
             f"encoder mismatch: the weights {path} have sha256 {checksum}, but {expected[1]} was fitted with "
-            f"sha256 {expected[0]}; pass --weights with the original file (refused before loading it)")
+            f"sha256 {' or '.join(sorted(expected[0]))}; pass --weights with the original file (refused before loading it)")
 
 
 # -- hub sources (used by encoder modules; nothing here runs at import time) -------------------

@@ -137,10 +137,10 @@ class RegAD(AnomalyMethod):
         AUROC; per-image outputs stay independent of the test batch).
       * ``n_features`` (default ``None`` = all channels): optional seeded random channel
         subset (PaDiM-style, for wide backbones); RegAD keeps all channels.
-      * A checkpoint is used by ``score`` / ``eval`` (``--weights``). Model folders: ``fsiad fit``
-        saves one, but ``fsiad predict`` refuses it (one line: the model-folder loader compares
-        the ``--weights`` file's sha256 with the ENCODER's); needs a hook in
-        ``workflow/model.py`` (a method-declared checkpoint checksum) or the STNs in the state.
+      * A checkpoint is used by ``score`` / ``eval`` / ``fit`` + ``predict`` (``--weights``): the
+        method declares it as its own weights file (``describe()["weights_file"]``), which model
+        folders record beside the encoder's weights, so ``fsiad predict --weights CKPT`` checks
+        both sha256s before reading either file.
 
     Memory: the fit holds ``22 K * P * C`` float32 features (K = 4, P = 56^2, C = 176: 0.2 GB)
     and fits ``fit_chunk`` positions at a time; the state keeps mean ``[P, C]`` and the Cholesky
@@ -280,7 +280,9 @@ class RegAD(AnomalyMethod):
         return AnomalyResult(scores, maps)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "encoder": self.encoder.describe(), "layers": self.layers,
+        own = {"weights_file": {"path": self.checkpoint["path"], "sha256": self.checkpoint["sha256"]}} \
+            if self.checkpoint is not None else {}
+        return {**super().describe(), **own, "encoder": self.encoder.describe(), "layers": self.layers,
                 "registration": self._registration(), "n_augment": N_AUGMENT if self.opts["augment"] else 1,
                 **{k: v for k, v in self.opts.items() if k != "layers" and (k != "frame" or self.net is not None)}}
 

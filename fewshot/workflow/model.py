@@ -68,6 +68,13 @@ def encoder_identity(describe: dict[str, Any]) -> dict[str, Any]:
     return {k: flat.get(k) for k in ("encoder", "weights_checksum", "weights_source", "weights_path")}
 
 
+def method_weights_file(describe: dict[str, Any]) -> dict[str, Any] | None:
+    """A method's own trained file read through ``--weights`` besides its encoder's weights
+    (``describe()["weights_file"] = {"path", "sha256"}``, e.g. a RegAD checkpoint); else ``None``."""
+    wf = describe.get("weights_file")
+    return wf if isinstance(wf, dict) and isinstance(wf.get("sha256"), str) else None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
@@ -241,16 +248,20 @@ def read_method_folder(directory: str | Path, **overrides: Any) -> AnomalyMethod
         cfg = MethodConfig(**config)
     except TypeError as e:
         raise ModelError(f"{meta_path}: invalid config ({_first_line(e)}); {refit}") from None
-    expected = encoder_identity(meta.get("describe") or {}).get("weights_checksum")
-    if cfg.weights and Path(cfg.weights).exists() and isinstance(expected, str) and _SHA256.match(expected):
+    described = meta.get("describe") or {}
+    expected = encoder_identity(described).get("weights_checksum")
+    own = method_weights_file(described)  # the method's own --weights file (e.g. a RegAD checkpoint)
+    explicit = own["sha256"] if own else expected  # what a --weights file must be
+    if cfg.weights and Path(cfg.weights).exists() and isinstance(explicit, str) and _SHA256.match(explicit):
         now = sha256_file(cfg.weights)
-        if now != expected:
-            raise UnsafeModelError(f"{directory}: encoder mismatch: the model was fitted with weights sha256 {expected}, "
+        if now != explicit:
+            raise UnsafeModelError(f"{directory}: encoder mismatch: the model was fitted with weights sha256 {explicit}, "
                                    f"but {cfg.weights} has sha256 {now}; pass --weights with the original file "
                                    "(refused before loading it)")
     _verify_state_checksum(directory, meta, meta_path)
+    allowed = [c for c in (expected, own["sha256"] if own else None) if isinstance(c, str)]
     try:
-        with expect_weights_checksum(expected if isinstance(expected, str) else None, f"the model {directory}"):
+        with expect_weights_checksum(allowed, f"the model {directory}"):
             method = create_method(name, cfg)
     except KeyError as e:
         raise ModelError(f"{meta_path}: {_first_line(e)}; {refit} or install the method's package") from None
@@ -341,6 +352,7 @@ def save_model(method: AnomalyMethod, directory: str | Path, calibration: Calibr
         "format": FORMAT,
         "method": method.name,
         "encoder": encoder_identity(method.describe()),
+        "weights_file": method_weights_file(method.describe()),
         "threshold": calibration.to_dict(),
         "versions": {"fsiad": fsiad.__version__, "torch": torch.__version__},
         **info,
@@ -441,6 +453,12 @@ def load_model(directory: str | Path, **overrides: Any) -> tuple[AnomalyMethod, 
     saved, now = meta.get("encoder") or {}, encoder_identity(method.describe())
     if not isinstance(saved, dict):
         saved = {}
+    own_saved = meta.get("weights_file") if isinstance(meta.get("weights_file"), dict) else None
+    own_now = method_weights_file(method.describe())
+    if (own_saved or {}).get("sha256") != (own_now or {}).get("sha256"):
+        raise ModelError(f"{directory}: the model was fitted with {(own_saved or {}).get('path')} (sha256 "
+                         f"{(own_saved or {}).get('sha256')}), but {(own_now or {}).get('path')} was loaded now; "
+                         "pass --weights with the original file")
     if saved.get("weights_checksum") != now.get("weights_checksum") or saved.get("encoder") != now.get("encoder"):
         raise ModelError(
             f"{directory}: encoder mismatch: the model was fitted with {saved.get('encoder')} weights "
