@@ -113,6 +113,8 @@ class Bench:
 BASE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
 
 BENCHES = [
+    Bench("startup", "bench.bench_startup", ["--runs", "3"], parse_json_lines,
+          "Wall time of `fsiad --help`, `fsiad methods` and `import fsiad` in a fresh interpreter."),
     Bench("metrics", "bench.metrics", ["--n", "200", "--side", "128", "--runs", "2"], parse_metrics,
           "Pixel and image metrics (incl. AUPRO) on synthetic maps: maps/s and memory."),
     Bench("encoders", "bench.bench_encoders",
