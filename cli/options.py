@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -151,13 +152,40 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+@contextlib.contextmanager
+def verbosity(quiet: bool, verbose: bool) -> Iterator[None]:
+    """``-q``: no progress bars (tqdm's ``TQDM_DISABLE``) and warnings only; ``-v``: fsiad's INFO
+    log lines as well. The same in every command; restored when the command returns."""
+    import logging
+    import os
+
+    logger = logging.getLogger("fsiad")
+    old_level, old_env = logger.level, os.environ.get("TQDM_DISABLE")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    logging.basicConfig(format="%(message)s")
+    logger.setLevel(logging.WARNING if quiet or not verbose else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(old_level)
+        if quiet:
+            if old_env is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = old_env
+
+
 def add_config_options(cmd: click.Command) -> click.Command:
-    """Give ``cmd`` (and the sub-commands of a group) ``--config FILE`` and ``--print-config``.
+    """Give ``cmd`` (and the sub-commands of a group) the options every command has:
+    ``--config FILE``, ``--print-config``, ``-q/--quiet`` and ``-v/--verbose``.
 
     ``--config`` loads option values from a YAML/JSON file (flags on the command line win);
     ``--print-config`` prints the effective configuration as YAML and exits without running.
     The effective configuration of a run is in ``click.get_current_context().meta[CONFIG_KEY]``
     (commands store it in ``run.json`` so that ``--config run.json`` repeats the run).
+    ``-q`` / ``-v`` behave the same everywhere (``verbosity``); a command that declares
+    its own ``--quiet`` / ``--verbose`` also receives them.
     """
     if isinstance(cmd, click.Group):
         for sub in cmd.commands.values():
@@ -165,6 +193,7 @@ def add_config_options(cmd: click.Command) -> click.Command:
         return cmd
     if getattr(cmd, "_fsiad_config", False) or cmd.callback is None:
         return cmd
+    own = {p.name for p in cmd.params}
     cmd.params.extend([
         click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), is_eager=True,
                      expose_value=True, callback=_load_config,
@@ -172,6 +201,10 @@ def add_config_options(cmd: click.Command) -> click.Command:
         click.Option(["--print-config"], is_flag=True,
                      help="Print the effective configuration as YAML and exit."),
     ])
+    if "quiet" not in own:
+        cmd.params.append(click.Option(["--quiet", "-q"], is_flag=True, help="No progress bars, warnings only."))
+    if "verbose" not in own:
+        cmd.params.append(click.Option(["--verbose", "-v"], is_flag=True, help="Also fsiad's log lines."))
     inner = cmd.callback
 
     def callback(*args: Any, config_file: str | None = None, print_config: bool = False, **kwargs: Any) -> Any:
@@ -181,8 +214,13 @@ def add_config_options(cmd: click.Command) -> click.Command:
 
             click.echo(yaml.safe_dump(plain, sort_keys=False, default_flow_style=False), nl=False)
             return None
+        quiet, verbose = bool(kwargs.get("quiet")), bool(kwargs.get("verbose"))
+        for name in ("quiet", "verbose"):
+            if name not in own:
+                kwargs.pop(name, None)
         click.get_current_context().meta[CONFIG_KEY] = plain
-        return inner(*args, **kwargs)
+        with verbosity(quiet, verbose):
+            return inner(*args, **kwargs)
 
     cmd.callback = callback
     cmd._fsiad_config = True  # type: ignore[attr-defined]

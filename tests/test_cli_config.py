@@ -67,3 +67,34 @@ def test_bad_config_files_are_one_line_errors(tmp_path):
     typo.write_text("shotz: 4\n")
     assert_one_line_error(run_cli("score", "--config", typo), "shotz")
     assert_one_line_error(run_cli("score", "--config", tmp_path / "missing.yaml"), "missing.yaml")
+
+
+def _leaf_commands():
+    import click
+    from fsiad.cli.main import COMMANDS, app
+
+    ctx = click.Context(app)
+    for name in COMMANDS:
+        cmd = app.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            yield from ((f"{name} {sub}", c) for sub, c in cmd.commands.items())
+        else:
+            yield name, cmd
+
+
+def test_every_command_has_config_quiet_and_verbose():
+    for name, cmd in _leaf_commands():
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        assert {"--config", "--print-config", "-q", "-v"} <= opts, (name, sorted(opts))
+
+
+def test_quiet_and_verbose_run_and_restore(monkeypatch):
+    import logging
+    import os
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    r = run_cli("models", "-q")
+    assert r.exit_code == 0, r.output
+    assert "TQDM_DISABLE" not in os.environ and logging.getLogger("fsiad").level == logging.NOTSET
+    r = run_cli("prompts", "show", "-v")
+    assert r.exit_code == 0 and "# total:" in r.stdout
