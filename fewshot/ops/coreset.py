@@ -120,12 +120,15 @@ def _greedy(x: torch.Tensor, starts: torch.Tensor, n: int, pool: int = 2048, chu
             return sel
         tau = float(top.min()) if k < m else -1.0
         px, pxn = x[idx], xn[idx]
+        # pool-to-pool distances once per rebuild (one matrix product), then each pick is a
+        # column read instead of a small product per centre (tiny parallel ops stall on a loaded machine)
+        pool_d = _sq_dist(px, pxn, px)
         picked: list[int] = []
         while t + len(picked) < n:
             j = int(torch.argmax(top))
             if float(top[j]) < tau or float(top[j]) <= 0.0:
                 break
             picked.append(int(idx[j]))
-            torch.minimum(top, _sq_dist(px, pxn, px[j : j + 1])[:, 0], out=top)
+            torch.minimum(top, pool_d[:, j], out=top)
             top[j] = 0.0
         new = torch.tensor(picked, dtype=torch.long, device=x.device)
