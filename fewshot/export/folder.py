@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from fsiad.fewshot.errors import FsiadError
 from fsiad.fewshot.fileio import OutputLock, atomic_path, atomic_write, atomic_write_bytes, atomic_write_json
+from fsiad.fewshot.workflow.scores_file import SCORE_FIELDS, decision, pad_row, read_score_rows
 
 STATE_NAME = ".fsiad-run.json"
-SCORE_FIELDS = ("path", "name", "score", "decision", "label")
 SUMMARY_FILES = ("report.html", "run.json", "errors.csv", "scores.parquet")
 
 
@@ -48,12 +48,6 @@ class Row:
     name: str
     score: float
     label: int | None = None
-
-
-def decision(score: float, threshold: float | None) -> str:
-    if threshold is None:
-        return ""
-    return "anomalous" if score >= threshold else "normal"
 
 
 def fingerprint(key: dict[str, Any]) -> str:
@@ -126,15 +120,11 @@ class LightOutput:
         return reused
 
     def _old_rows(self) -> list[dict[str, str]]:
-        try:
-            with (self.path / "scores.csv").open(newline="") as fh:
-                return [r for r in csv.DictReader(fh) if r.get("path") and r.get("name") and r.get("score")]
-        except (OSError, csv.Error, UnicodeDecodeError):
-            return []
+        return read_score_rows(self.path / "scores.csv")
 
     def _row(self, r: Row) -> list[str]:
-        return [r.path, r.name, repr(float(r.score)), decision(r.score, self.threshold),
-                "" if r.label is None else str(r.label)]
+        return pad_row([r.path, r.name, repr(float(r.score)), decision(r.score, self.threshold) or "",
+                        "" if r.label is None else str(r.label)])
 
     def write_map(self, name: str, amap: np.ndarray) -> None:
         write_map(self.map_path(name), amap)

@@ -68,12 +68,11 @@ from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
 from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
 from fsiad.fewshot.workflow.runner import READ_ERRORS, ScoredImage, decision, display_image, label_metrics
+from fsiad.fewshot.workflow.scores_file import SCORE_FIELDS, read_score_rows
 from fsiad.fewshot.workflow.thresholds import Calibration
 from tqdm import tqdm
 
 STATE_NAME = ".fsiad-run.json"
-SCORE_FIELDS = ("path", "name", "score", "decision", "label", "defect_type", "width", "height", "defect_area_px",
-                "defect_area_pct", "defect_boxes")
 RENDERED = ("overlays", "masks", "thumbs")
 THUMB_HEIGHT = 96
 #: Files that summarise a whole run: removed when a run starts, written when it finishes.
@@ -161,11 +160,7 @@ class OutputFolder:
             return None
 
     def _old_rows(self) -> list[dict[str, str]]:
-        try:
-            with (self.path / "scores.csv").open(newline="") as fh:
-                return [r for r in csv.DictReader(fh) if r.get("path") and r.get("name") and r.get("score")]
-        except (OSError, csv.Error, UnicodeDecodeError):
-            return []
+        return read_score_rows(self.path / "scores.csv")
 
     def _has_outputs(self) -> bool:
         files = ("scores.csv", *SUMMARY_FILES)

@@ -18,6 +18,7 @@ import torch
 from fsiad.fewshot.data.base import DatasetError, Sample
 from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
+from fsiad.fewshot.workflow.scores_file import decision  # noqa: F401  (re-exported)
 from fsiad.fewshot.workflow.thresholds import (
     DEFAULT_TARGET_FPR,
     Calibration,
@@ -43,13 +44,6 @@ class ScoredImage:
     label: int | None = None
     defect: str | None = None
     region: Any = None  # decisions.PixelDecision of a flagged image (None: not flagged / no pixel threshold)
-
-
-def decision(score: float, threshold: float | None) -> str | None:
-    """``anomalous`` when ``score >= threshold``, ``normal`` below, ``None`` without threshold."""
-    if threshold is None:
-        return None
-    return "anomalous" if score >= threshold else "normal"
 
 
 def fit_references(method: AnomalyMethod, refs: Sequence[Sample], seed: int = 0,
