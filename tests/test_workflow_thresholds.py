@@ -76,7 +76,8 @@ def test_loo_unavailable_cases(refs):
 
 def test_references_encoded_once_and_cache_dropped(refs):
     """LOO + final fit encode each reference once (feature cache), and the cache is gone afterwards."""
-    m = create_method("knn", MethodConfig(allow_random=True, image_size=56, batch_size=4))
+    # a fixed knn configuration: preset=auto also encodes synthetic defects of the references
+    m = create_method("knn", MethodConfig(allow_random=True, image_size=56, batch_size=4, options={"preset": "mid"}))
     seen = []
     inner = m.encoder._patch_features
 

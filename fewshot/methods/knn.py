@@ -154,11 +154,12 @@ class PatchKNN(AnomalyMethod):
     augmentation, seeds 0-1) 0.727 / 0.762 / 0.698. 448 px costs ~6x the encoder time on CPU
     for +0.006 image AUROC with flips (``[8]``: 0.823), so 224 stays the default. Image-score
     rules (top 1%, top 2%, max of the grid, max of the blurred map, minus the image median)
-    differ by less than 0.015; top 1% stays, as AnomalyDINO. Not available yet: keeping each
-    image's aspect ratio (equal-area resize to ~224^2 on a 14-px grid, one image per forward;
-    magnetic_tile crops range from 2.7:1 to 1:2.8) raised 4-shot image AUROC with flips to
-    0.831 (seeds 0-2: 0.796 / 0.849 / 0.850) in an offline experiment; it needs a non-square
-    path through ``Preprocess`` and the evaluation geometry.
+    differ by less than 0.015; top 1% stays, as AnomalyDINO. Keeping each image's aspect ratio (equal-area resize to ~224^2 on a 14-px grid; magnetic_tile
+    crops range from 2.7:1 to 1:2.8) raised 4-shot image AUROC with flips to 0.831 (seeds 0-2:
+    0.796 / 0.849 / 0.850) in an offline experiment; it is now ``geometry="native"``. The
+    default (``auto``, native) measured 0.819 / 0.701 / 0.707 on magnetic_tile and 0.676 on the
+    textile set (against 0.599 for the former default and 0.758 for ``layers=[11]``); see
+    ``bench/results/82_selfconfig.json``.
 
     Options (``MethodConfig.options``): ``preset`` (``auto``), ``geometry`` (``native``),
     ``min_defect_px`` 24, ``max_side`` 448, ``seed`` 0 and ``budget`` 32 (synthetic defects of
