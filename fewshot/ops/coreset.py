@@ -93,6 +93,26 @@ def _sq_dist(x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor) -> torch.Tensor
     return torch.addmm(xn[:, None] + (c * c).sum(1)[None], x, c.T, alpha=-2.0).clamp_min_(0.0)
 
 
+def _update_min(x: torch.Tensor, xn: torch.Tensor, c: torch.Tensor, mind: torch.Tensor, chunk: int,
+                block_elems: int = 1 << 22) -> None:
+    """``mind = min(mind, squared distance of every row of x to its nearest row of c)`` in place.
+
+    ``min_j ||x_i - c_j||^2 = ||x_i||^2 + min_j (||c_j||^2 - 2 x_i . c_j)``: one matrix product per
+    row block into a reused buffer of at most ``block_elems`` floats (16 MiB), so no block of
+    hundreds of MiB is allocated, page-faulted and freed for every chunk of every pass.
+    """
+    m, b = x.shape[0], c.shape[0]
+    rows = max(1, min(chunk, block_elems // max(b, 1)))
+    cn = (c * c).sum(1)[None]
+    ct = c.T.contiguous()
+    buf = torch.empty(min(rows, m), b, dtype=x.dtype, device=x.device)
+    for s in range(0, m, rows):
+        e = min(s + rows, m)
+        blk = torch.addmm(cn, x[s:e], ct, alpha=-2.0, out=buf[: e - s])
+        best = blk.amin(1).add_(xn[s:e]).clamp_min_(0.0)
+        torch.minimum(mind[s:e], best, out=mind[s:e])
+
+
 def _greedy(x: torch.Tensor, starts: torch.Tensor, n: int, pool: int = 2048, chunk: int = 65536) -> torch.Tensor:
     """Lazy exact farthest-point selection on ``x [M, d]`` starting from ``starts`` (see module doc)."""
     m = x.shape[0]
@@ -105,9 +125,7 @@ def _greedy(x: torch.Tensor, starts: torch.Tensor, n: int, pool: int = 2048, chu
         sel[t : t + new.numel()] = new
         t += new.numel()
         c = x[new]
-        for s in range(0, m, chunk):
-            blk = _sq_dist(x[s : s + chunk], xn[s : s + chunk], c).min(1).values
-            torch.minimum(mind[s : s + chunk], blk, out=mind[s : s + chunk])
+        _update_min(x, xn, c, mind, chunk)
         mind[new] = 0.0
         if t >= n:
             return sel
