@@ -61,3 +61,16 @@ def test_duplicates_and_edge_cases():
         approximate_greedy_coreset(x)
     with pytest.raises(ValueError, match="ratio"):
         approximate_greedy_coreset(x, ratio=0.0)
+
+
+def test_blocked_min_update_equals_the_direct_distances():
+    from fsiad.fewshot.ops.coreset import _update_min
+
+    g = torch.Generator().manual_seed(1)
+    x, c = torch.randn(1000, 16, generator=g).double(), torch.randn(37, 16, generator=g).double()
+    prior = torch.rand(1000, generator=g).double() * 40
+    want = torch.minimum(prior, torch.cdist(x, c).pow(2).min(1).values)
+    for block_elems in (37 * 64, 1 << 22):  # many row blocks (reused buffer), then one
+        mind = prior.clone()
+        _update_min(x, (x * x).sum(1), c, mind, chunk=300, block_elems=block_elems)
+        torch.testing.assert_close(mind, want, atol=1e-9, rtol=1e-9)
