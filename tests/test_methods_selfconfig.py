@@ -154,3 +154,41 @@ def test_real_dinov2_selfconfig_on_wide_synthetic():
     items = [(i, int(g != "good")) for g, lst in parts.items() for i, _ in lst]
     r = m.predict(NativeBatch.from_arrays([i for i, _ in items]))
     assert r.anomaly_maps.shape == (4, 112, 112) and torch.isfinite(r.image_scores).all()
+
+
+def test_calibration_refits_use_the_full_fit_configuration(tmp_path):
+    """fit_references chooses on all K references, the leave-one-out refits keep that choice and
+    its normalisation, and the final model equals a plain fit on all K."""
+    from PIL import Image
+
+    from fsiad.fewshot.data.base import Sample
+    from fsiad.fewshot.workflow.runner import fit_references
+    from fsiad.fewshot.workflow.thresholds import ThresholdRule
+
+    paths = []
+    for i in range(4):
+        arr = (_image(56, 84, seed=i) * 255).round().byte().permute(1, 2, 0).numpy()
+        p = tmp_path / f"ref{i}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(Sample(path=p, label=0))
+    plain = _random_knn()
+    plain.fit(plain.prepare(paths))
+    m = _random_knn()
+    seen = []
+    original = type(m)._fit
+
+    def spy(self, images):
+        original(self, images)
+        seen.append((dict(self.weights), dict(self.norm), self.work_side))
+
+    type(m)._fit = spy
+    try:
+        cal, _ = fit_references(m, paths, 0, ThresholdRule.parse("max"))
+    finally:
+        type(m)._fit = original
+    full, *loo = seen
+    assert len(loo) == 4 and all(s == full for s in loo)  # every refit scored with the full fit's choice
+    assert m.weights == plain.weights and m.selfconfig["chosen"] == plain.selfconfig["chosen"]
+    test = _refs(2, 70, 56)
+    assert torch.equal(m.predict(test).image_scores, plain.predict(test).image_scores)
+    assert cal.threshold is not None and len(cal.loo_scores) == 4

@@ -13,8 +13,10 @@ normalised combination) by leave-one-out; the best one is stored with the fitted
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -200,6 +202,21 @@ class PatchKNN(AnomalyMethod):
         self.norm: dict[str, tuple[float, float]] = {}
         self.work_side = self.preprocess.size
         self.selfconfig: dict[str, Any] | None = None
+        self._frozen: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def frozen_configuration(self) -> Iterator[None]:
+        """Inside the block, ``fit`` reuses the configuration of the current fit (chosen members,
+        their normalisation, working side) instead of choosing again: the threshold calibration
+        refits on K-1 references and must score with the configuration the final model uses."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: fit before freezing the configuration")
+        self._frozen = {"weights": dict(self.weights), "norm": dict(self.norm), "work_side": self.work_side,
+                        "selfconfig": self.selfconfig}
+        try:
+            yield
+        finally:
+            self._frozen = None
 
     # -- configuration ------------------------------------------------------------------
     def _fixed_weights(self) -> dict[str, float]:
@@ -335,18 +352,24 @@ class PatchKNN(AnomalyMethod):
         items = list(iter_items(images))
         if not items:
             raise ValueError("knn: needs at least one normal reference image (use --shots K >= 1)")
-        self.work_side = self.choose_work_side([s for _, s in items])
+        frozen = self._frozen
+        self.work_side = frozen["work_side"] if frozen else self.choose_work_side([s for _, s in items])
         refs = self._working(items)
         mode = self.opts["augment"]
         views = [augment_one(x, mode) for x in refs]
         flat = [v for vs in views for v in vs]
-        names = list(self.members) if self.preset in ("auto", "mid+last") else list(self.weights)
+        if frozen:
+            names = list(frozen["weights"])
+        else:
+            names = list(self.members) if self.preset in ("auto", "mid+last") else list(self.weights)
         feats = self._encode(flat, names)
         a = len(views[0])
         per_ref = [feats[i * a : (i + 1) * a] for i in range(len(refs))]
         self.memories = {n: torch.cat([f[n].reshape(-1, f[n].shape[-1]) for f in feats]) for n in names}
         self.norm, self.selfconfig = {}, None
-        if self.preset == "auto" and len(names) > 1:
+        if frozen:  # calibration refits: the configuration and normalisation of the full fit
+            self.weights, self.norm, self.selfconfig = dict(frozen["weights"]), dict(frozen["norm"]), frozen["selfconfig"]
+        elif self.preset == "auto" and len(names) > 1:
             self._self_configure(refs, per_ref, names)
         elif len(self.weights) > 1:
             self.norm = self._loo_norm(per_ref, names)

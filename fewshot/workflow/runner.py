@@ -62,6 +62,20 @@ def fit_references(method: AnomalyMethod, refs: Sequence[Sample], seed: int = 0,
     """
     t0 = time.perf_counter()
     with feature_cache(method):
+        freeze = getattr(method, "frozen_configuration", None)
+        if threshold is None and refs and freeze is not None:
+            # A self-configuring method chooses its configuration on all K references first;
+            # the leave-one-out refits then score with that configuration (not one chosen on
+            # K-1), and the full fit's state is restored afterwards.
+            torch.manual_seed(seed)
+            method.fit(method.prepare(list(refs)))
+            t1 = time.perf_counter()
+            state = method.get_state()
+            with freeze():
+                cal = calibrate_loo(method, refs, rule or ThresholdRule(), seed, target_fpr)
+            method.set_state(state)
+            method.fitted = True
+            return cal, {"calibrate_s": round(time.perf_counter() - t1, 3), "fit_s": round(t1 - t0, 3)}
         if threshold is not None:
             cal = user_threshold(threshold)
         else:
