@@ -17,6 +17,10 @@ precision it reports the median over ``--repeats`` runs of:
 own transformer blocks with ``nn.MultiheadAttention``, full last block for pooled outputs,
 i.e. anomalib's way of running the windows; still loop-free), interleaved fast/reference
 runs, images/s of both, the ratio on wall and CPU time, and the max map / score difference.
+
+``--drift``: fp32 against bf16 autocast (``precision=bf16``) and against fp32 with oneDNN bf16
+matrix products (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``), zero-shot on the
+same queries and text prototypes: speed-up from interleaved runs and max map / score drift.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--no-multi-crop", action="store_true")
     ap.add_argument("--vs-reference", action="store_true", help="interleaved fast vs reference path")
+    ap.add_argument("--drift", action="store_true", help="bf16 variants against fp32: speed-up and map drift")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["FSIAD_HOME"] = tempfile.mkdtemp(prefix="fsiad-bench-")  # keep random text embeddings out
@@ -89,6 +94,9 @@ def main() -> None:
     opts = {"multi_crop": not args.no_multi_crop}
     if args.vs_reference:
         _vs_reference(args, queries, shots, opts)
+        return
+    if args.drift:
+        _drift(args, queries, opts)
         return
     print(f"# WinCLIP CPU benchmark: {args.encoder} random-init, {args.threads} threads, "
           f"{args.images} images/call, median of {args.repeats}, multi_crop={opts['multi_crop']}")
@@ -140,6 +148,42 @@ def _vs_reference(args, queries: torch.Tensor, shots: torch.Tensor, opts: dict) 
             dscore = (out["fast"].image_scores - out["reference"].image_scores).abs().max().item()
             print(f"| {precision} | {mode} | {args.images / fw:.3f} | {args.images / rw:.3f} | {rw / fw:.2f} | "
                   f"{rc / fc:.2f} | {dmap:.1e} | {dscore:.1e} |", flush=True)
+
+
+def _drift(args, queries: torch.Tensor, opts: dict) -> None:
+    from fsiad.fewshot.encoders import create_encoder
+    from fsiad.fewshot.methods import MethodConfig
+    from fsiad.fewshot.methods.winclip import WinCLIP
+
+    e32 = create_encoder(args.encoder, allow_random=True)
+    e16 = create_encoder(args.encoder, allow_random=True, precision="bf16")
+    cfg = MethodConfig(class_name="bottle", options=opts, batch_size=args.images)
+    m32 = WinCLIP(cfg, encoder=e32).fit()
+    m16 = WinCLIP(cfg, encoder=e16).fit()
+    m16.text_features = m32.text_features.clone()  # same prototypes: drift of the image side only
+    mkl = torch.backends.mkldnn.matmul
+
+    def gemm_bf16():
+        mkl.fp32_precision = "bf16"
+        try:
+            return m32.predict(queries)
+        finally:
+            mkl.fp32_precision = "none"
+
+    out = {}
+    fns = {"fp32": lambda: out.__setitem__("fp32", m32.predict(queries)),
+           "bf16 autocast": lambda: out.__setitem__("bf16 autocast", m16.predict(queries)),
+           "fp32 + oneDNN bf16 GEMMs": lambda: out.__setitem__("fp32 + oneDNN bf16 GEMMs", gemm_bf16())}
+    t = _round_robin(fns, args.repeats)
+    print(f"# WinCLIP precision drift: {args.encoder} random-init, zero-shot, {args.threads} threads, "
+          f"{args.images} images/call, median of {args.repeats} interleaved rounds, multi_crop={opts['multi_crop']}")
+    print("| variant | images/s | speed-up (wall) | speed-up (CPU time) | max map drift | max score drift |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k, (w, c) in t.items():
+        dm = (out[k].anomaly_maps - out["fp32"].anomaly_maps).abs().max().item()
+        ds = (out[k].image_scores - out["fp32"].image_scores).abs().max().item()
+        print(f"| {k} | {args.images / w:.3f} | {t['fp32'][0] / w:.2f} | {t['fp32'][1] / c:.2f} | {dm:.1e} | {ds:.1e} |",
+              flush=True)
 
 
 if __name__ == "__main__":
