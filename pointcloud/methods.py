@@ -142,12 +142,10 @@ class RGBDMethod(AnomalyMethod):
         self.weights = {m: float(w.get(m, 1.0)) for m in self.modalities}
         self.encoder = None
         if any(m in ("rgb", "depth") for m in self.modalities):
-            from fsiad.fewshot.encoders import create_encoder
+            from fsiad.fewshot.encoders import encoder_from_config
 
             self.config.encoder = select_encoder_name(self.config)
-            self.encoder = create_encoder(self.config.encoder, weights=self.config.weights, device=self.config.device,
-                                          precision=self.config.precision, image_size=self.size,
-                                          allow_random=self.config.allow_random)
+            self.encoder = encoder_from_config(self.config, self.config.encoder, self.size)
         self.banks: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
         self.n_references = 0

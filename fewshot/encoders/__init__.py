@@ -15,6 +15,7 @@ import pkgutil
 from fsiad.fewshot.encoders.base import Encoder, WeightInfo
 from fsiad.fewshot.encoders.registry import (
     create_encoder,
+    encoder_from_config,
     encoder_names,
     encoder_status,
     get_entry,
@@ -38,5 +39,5 @@ def load_all() -> None:
 
 
 __all__ = ["Encoder", "WeightInfo", "WeightSpec", "WeightsNotFoundError", "resolve_weights",
-           "register_encoder", "create_encoder", "encoder_names", "encoder_status", "get_entry",
+           "register_encoder", "create_encoder", "encoder_from_config", "encoder_names", "encoder_status", "get_entry",
            "IMPORT_ERRORS"]

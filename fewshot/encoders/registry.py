@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from fsiad.fewshot.encoders.base import Encoder, WeightInfo
@@ -115,6 +116,22 @@ def create_encoder(name: str, *, weights: str | Path | None = None, device: str 
     return enc.to(device).eval().requires_grad_(False)
 
 
+def encoder_from_config(config: Any, default: str, default_size: int | None = None) -> Encoder:
+    """THE way a method builds its encoder from a ``MethodConfig``: ``config.encoder`` (or the
+    method's ``default``) with the config's weights, device, precision and random-init flag;
+    ``config.image_size`` (or ``default_size``) sets the working side. Names ``clip:ARCH/TAG``
+    build any open_clip model (``create_clip_encoder``)."""
+    name = config.encoder or default
+    kw = {"weights": config.weights, "device": config.device, "precision": config.precision,
+          "image_size": config.image_size or default_size, "allow_random": config.allow_random}
+    if name.startswith("clip:"):
+        from fsiad.fewshot.encoders.clip import create_clip_encoder
+
+        arch, _, tag = name[5:].partition("/")
+        return create_clip_encoder(arch, tag or None, **kw)
+    return create_encoder(name, **kw)
+
+
 def encoder_status(name: str) -> dict:
     """Availability of ``name``'s weights here, without loading the model or going online.
 
@@ -150,5 +167,5 @@ def _ensure_loaded() -> None:
         pkg.load_all()
 
 
-__all__ = ["EncoderEntry", "register_encoder", "encoder_names", "get_entry", "create_encoder",
+__all__ = ["EncoderEntry", "register_encoder", "encoder_names", "get_entry", "create_encoder", "encoder_from_config",
            "encoder_status", "WeightInfo", "RANDOM_SEED"]

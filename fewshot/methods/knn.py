@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
 from fsiad.fewshot.methods.knn_auto import (
     CANDIDATE_MEMBERS,
@@ -39,7 +40,7 @@ from fsiad.fewshot.methods.knn_auto import (
     synth_defects,
 )
 from fsiad.fewshot.methods.options import Option, defaults
-from fsiad.fewshot.ops.features import block_depth, encoder_from_config, fuse_layers, parse_layers
+from fsiad.fewshot.ops.features import block_depth, fuse_layers, parse_layers
 from fsiad.fewshot.ops.knn import knn_search
 from fsiad.fewshot.ops.pooling import topk_mean
 from fsiad.fewshot.preprocess import Preprocess

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
-from fsiad.fewshot.ops.features import encoder_from_config
 from fsiad.fewshot.ops.pooling import topk_mean
 from fsiad.fewshot.ops.smoothing import upsample_blur
 from fsiad.fewshot.preprocess import Preprocess

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.aggregate import local_aggregate
-from fsiad.fewshot.ops.features import block_depth, encoder_from_config, parse_layers
+from fsiad.fewshot.ops.features import block_depth, parse_layers
 from fsiad.fewshot.ops.smoothing import upsample_blur
 from fsiad.fewshot.preprocess import Preprocess
 from fsiad.fewshot.result import AnomalyResult

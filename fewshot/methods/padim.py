@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
-from fsiad.fewshot.ops.features import encoder_from_config, fuse_layers, parse_layers
+from fsiad.fewshot.ops.features import fuse_layers, parse_layers
 from fsiad.fewshot.ops.gaussian import GaussianAccumulator, GaussianStats, mahalanobis
 from fsiad.fewshot.ops.smoothing import upsample_blur
 from fsiad.fewshot.preprocess import Preprocess

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.methods.regad_net import invert, warp
 from fsiad.fewshot.methods.regad_train import is_checkpoint
-from fsiad.fewshot.ops.features import encoder_from_config, parse_layers
+from fsiad.fewshot.ops.features import parse_layers
 from fsiad.fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
 from fsiad.fewshot.ops.pooling import topk_mean
 from fsiad.fewshot.ops.smoothing import upsample_blur

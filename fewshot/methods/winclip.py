@@ -48,8 +48,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fsiad.fewshot.encoders.clip import CLIPEncoder, create_clip_encoder
-from fsiad.fewshot.encoders.registry import create_encoder
+from fsiad.fewshot.encoders.clip import CLIPEncoder
+from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
 from fsiad.fewshot.ops.harmonic import harmonic_mean, harmonic_window_aggregate, window_incidence
@@ -144,14 +144,7 @@ class WinCLIP(AnomalyMethod):
         self.memory_windows: list[torch.Tensor] = []
 
     def _make_encoder(self) -> CLIPEncoder:
-        c = self.config
-        name = c.encoder or DEFAULT_ENCODER
-        kw = {"weights": c.weights, "device": c.device, "precision": c.precision, "image_size": c.image_size,
-              "allow_random": c.allow_random}
-        if name.startswith("clip:"):
-            arch, _, tag = name[5:].partition("/")
-            return create_clip_encoder(arch, tag or None, **kw)
-        return create_encoder(name, **kw)
+        return encoder_from_config(self.config, DEFAULT_ENCODER)
 
     @property
     def preprocess(self) -> Preprocess:

@@ -1,4 +1,8 @@
-"""Feature plumbing shared by the visual-memory methods (encoder creation, layer fusion)."""
+"""Feature plumbing shared by the visual-memory methods (layer fusion, layer options).
+
+Like all of ``ops``, it imports no encoder: methods build theirs with
+``fsiad.fewshot.encoders.encoder_from_config``.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fsiad.fewshot.ops.aggregate import local_aggregate
-
-
-def encoder_from_config(config: Any, default: str, default_size: int | None = None):
-    """Create the encoder named by ``config.encoder`` (or ``default``) from a ``MethodConfig``.
-
-    ``config.image_size`` (or ``default_size``) sets the encoder's working side.
-    """
-    from fsiad.fewshot.encoders import create_encoder
-
-    return create_encoder(
-        config.encoder or default,
-        weights=config.weights,
-        device=config.device,
-        precision=config.precision,
-        image_size=config.image_size or default_size,
-        allow_random=config.allow_random,
-    )
 
 
 def fuse_layers(
