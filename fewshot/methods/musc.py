@@ -53,7 +53,7 @@ def mutual_scores(z: torch.Tensor, fraction: float = 0.3, block: int = 8) -> tor
     n, p, c = z.shape
     if n < 2:
         raise ValueError(f"musc: mutual scoring needs at least 2 images, got {n}")
-    best = torch.empty(n, p, n)  # best[i, :, j] = max cosine of i's patches to j's patches
+    best = torch.empty(n, p, n, device=z.device)  # best[i, :, j] = max cosine of i's patches to j's patches
     flat = z.reshape(n * p, c).float()
     for a in range(0, n, block):
         za = flat[a * p : (a + block) * p]
@@ -66,7 +66,7 @@ def mutual_scores(z: torch.Tensor, fraction: float = 0.3, block: int = 8) -> tor
             if b != a:
                 best[b : b + nb, :, a : a + na] = s.amax(1).permute(1, 2, 0)
     dist = (2.0 - 2.0 * best).clamp_min_(0.0).sqrt_()
-    eye = torch.arange(n)
+    eye = torch.arange(n, device=z.device)
     dist[eye, :, eye] = float("inf")
     k = max(1, int((n - 1) * fraction))
     return dist.topk(k, dim=2, largest=False).values.mean(2)
@@ -188,7 +188,7 @@ class MuSc(AnomalyMethod):
         """Patch maps ``[n, h, w]`` of one subset from its per-layer features."""
         total = None
         for f in feats:
-            f = f.float()
+            f = f.to(getattr(self.encoder, "device", "cpu")).float()  # mutual scoring on the encoder device
             mu = f.mean(dim=(1, 2, 3), keepdim=True)
             sd = f.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             f = (f - mu) / sd
@@ -218,7 +218,7 @@ class MuSc(AnomalyMethod):
             groups = n // 2
         grid = torch.empty(n, *feats[0].shape[1:3])
         for part in order.tensor_split(groups) if groups > 1 else [torch.arange(n)]:
-            grid[part] = self._group_scores([f[part] for f in feats])
+            grid[part] = self._group_scores([f[part] for f in feats]).cpu()
         scores = rscin(grid.flatten(1).amax(1), emb, tuple(int(k) for k in self.opts["k_list"]))
         maps = upsample_blur(grid, size, float(self.opts["sigma"]))
         return AnomalyResult(scores, maps)
