@@ -76,7 +76,8 @@ def test_defaults_are_unchanged():
     assert patchcore.DEFAULTS["coreset_ratio"] == 0.1 and patchcore.DEFAULTS["reweight_b"] == 9
     assert musc.DEFAULTS["r_list"] == (1, 3, 5) and musc.DEFAULTS["subset_size"] == 200
     assert winclip.DEFAULTS["scales"] == (2, 3) and winclip.DEFAULTS["multi_crop"] is True
-    assert pc.DEFAULTS["fusion_norm"] == "nn" and pc.DEFAULTS["coreset_above"] == 16 and len(pc.DEFAULTS) == 17
+    assert pc.DEFAULTS["fusion_norm"] == "nn" and pc.DEFAULTS["coreset_above"] == 16 and len(pc.DEFAULTS) == 19
+    assert pc.DEFAULTS["fpfh_max_points"] == 8000 and pc.DEFAULTS["fpfh_cache"] is False
 
 
 def test_library_validation_2d_and_3d_and_color_gaussian_rejects_unknown_keys():
