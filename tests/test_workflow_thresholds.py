@@ -9,7 +9,16 @@ from fsiad.fewshot.data.base import Sample
 from fsiad.fewshot.methods import MethodConfig, create_method
 from fsiad.fewshot.methods.knn import augment_shots
 from fsiad.fewshot.workflow.runner import decision, fit_references
-from fsiad.fewshot.workflow.thresholds import N_VIEWS, ThresholdRule, calibrate_loo, loo_unavailable_reason
+from fsiad.fewshot.workflow.thresholds import (
+    N_VIEWS,
+    SYNTH_KINDS,
+    ThresholdRule,
+    bounded_threshold,
+    calibrate_loo,
+    loo_bias,
+    loo_unavailable_reason,
+    tail_fit,
+)
 
 from tests.workflow_helpers import loo_scores_numpy, register_test_methods, write_images
 
@@ -88,8 +97,84 @@ def test_references_encoded_once_and_cache_dropped(refs):
     m.encoder._patch_features = counting
     views = augment_shots(torch.zeros(1, 3, 2, 2), m.opts["augment"]).shape[0]  # flips: 4 per shot
     cal, _ = fit_references(m, refs[:3], seed=0)
-    # memory: each reference's flips once; held out: the original is cached, its N_VIEWS views are new
-    assert sum(seen) == 3 * views + 3 * N_VIEWS and m.encoder._cache is None
-    plain = calibrate_loo(m, refs[:3], ThresholdRule())  # no cache: every LOO fit re-encodes
-    assert sum(seen) == 3 * views + 3 * N_VIEWS + 3 * 2 * views + 3 * (1 + N_VIEWS)
+    # memory: each reference's flips once; held out: the original is cached, its N_VIEWS views and
+    # its synthetic defects are new; the fits with two references left out reuse the cache
+    first = 3 * views + 3 * N_VIEWS + 3 * len(SYNTH_KINDS)
+    assert sum(seen) == first and m.encoder._cache is None
+    plain = calibrate_loo(m, refs[:3], ThresholdRule())  # no cache: every fit re-encodes
+    pairs = 3 * 2 * (views + 1)  # per reference, 2 fits on the one other reference + the held-out original
+    assert sum(seen) == first + 3 * 2 * views + 3 * (1 + N_VIEWS + len(SYNTH_KINDS)) + pairs
     np.testing.assert_allclose(cal.loo_scores, plain.loo_scores, rtol=1e-5)
+
+
+def _tail_numpy(x: np.ndarray, fpr: float, groups: int) -> float:
+    """Independent log-normal tail threshold (numpy + scipy, not the module)."""
+    from scipy.stats import norm
+
+    lx = np.log(x)
+    mu = np.median(lx)
+    sigma = max(1.4826 * np.median(np.abs(lx - mu)), 0.1) * np.sqrt(1 + 1 / groups)
+    return float(np.exp(mu + norm.ppf(1 - fpr) * sigma))
+
+
+@pytest.mark.parametrize("case", ["far", "between", "low"])
+def test_bounded_threshold_matches_independent_computation(case):
+    rng = np.random.default_rng(3)
+    normal = np.exp(rng.normal(np.log(2.0), 0.3, 28))
+    tail, floor = _tail_numpy(normal, 0.01, 4), _tail_numpy(normal, 0.1, 4)
+    mid = np.sqrt(tail * floor)
+    defects = {"far": np.linspace(2 * tail, 4 * tail, 12), "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
+               "low": np.linspace(0.2 * floor, 2 * tail, 12)}[case]
+    got = bounded_threshold(normal, defects, 0.01, n_groups=4)
+    q = np.sort(defects)[2] + 0.75 * (np.sort(defects)[3] - np.sort(defects)[2])  # 0.25 quantile of 12, by hand
+    want = {"far": tail, "between": q, "low": floor}[case]
+    assert got["bound"] == {"far": "tail", "between": "defects", "low": "floor"}[case]
+    assert got["threshold"] == pytest.approx(want, rel=1e-9) and got["tail"] == pytest.approx(tail, rel=1e-9)
+    assert got["defect_bound"] == pytest.approx(q) and got["floor"] == pytest.approx(floor, rel=1e-9)
+    # expected false-alarm rate: the fitted normal law's exceedance of the threshold
+    from scipy.stats import norm
+
+    lx = np.log(normal)
+    sigma = max(1.4826 * np.median(np.abs(lx - np.median(lx))), 0.1) * np.sqrt(1.25)
+    want_fpr = 0.01 if case == "far" else float(norm.sf((np.log(want) - np.median(lx)) / sigma))
+    assert got["expected_fpr"] == pytest.approx(want_fpr, rel=1e-6)
+    assert got["threshold"] <= tail and got["threshold"] >= floor - 1e-12
+
+
+def test_bounded_threshold_without_defects_is_the_tail_fit():
+    s = [1.0, 1.2, 0.9, 1.1, 1.05]
+    got = bounded_threshold(s, [], 0.01, 5)
+    assert got["threshold"] == tail_fit(s, 0.01, 5)["threshold"] and got["bound"] == "tail"
+    assert got["expected_fpr"] == 0.01 and got["n_defects"] == 0
+
+
+def test_loo_bias_matches_independent_computation():
+    loo = [1.0, 2.0, 4.0]
+    pairs = [[1.5, 1.1], [2.2, 2.6], [4.0, 5.0]]
+    steps = [np.median(np.log(a) - np.log(b)) for a, b in zip(loo, pairs, strict=True)]
+    got = loo_bias(loo, pairs, 4)
+    assert got["space"] == "log" and got["step_k2_k1"] == pytest.approx(np.median(steps))
+    assert got["shift"] == pytest.approx(np.median(steps) * 2 / 4)
+    lin = loo_bias([-0.5, 1.0, 3.0], [[0.5], [1.5], [3.0]], 5)  # a score <= 0: differences on the raw scale
+    assert lin["space"] == "linear" and lin["step_k2_k1"] == pytest.approx(-0.5) and lin["shift"] == pytest.approx(-0.3)
+    assert loo_bias([1.0, 1.0], [[0.5], [0.8]], 4)["shift"] == 0.0  # scores that rise with a reference fewer: no shift
+    assert loo_bias([1.0], [[]], 4) is None and loo_bias([1.0, 2.0], [[1.1], [2.1]], 2) is None
+
+
+def test_synthetic_defects_bound_the_threshold(refs):
+    """PixelDiff on striped parts: synthetic defects are scored under each LOO model and the
+    threshold never exceeds max(their 0.25 quantile, the floor), nor the tail fit."""
+    m = create_method("wf_pixdiff", MethodConfig())
+    cal = calibrate_loo(m, refs, ThresholdRule())
+    assert len(cal.defect_scores) == len(refs) and all(len(d) == len(SYNTH_KINDS) for d in cal.defect_scores)
+    d = np.concatenate(cal.defect_scores)
+    assert cal.fit["defect_bound"] == pytest.approx(np.quantile(d, 0.25))
+    assert cal.threshold <= max(cal.fit["defect_bound"], cal.fit["floor"]) + 1e-12
+    assert cal.threshold <= cal.fit["tail"] and cal.expected_fpr >= cal.target_fpr
+    assert cal.fit["loo_bias"] is not None and "expected false-alarm rate" in cal.description
+    # the former rule (no synthetic defects, no bias correction) is the tail fit alone
+    old = calibrate_loo(m, refs, ThresholdRule(), synthetic=False)
+    assert old.defect_scores == []
+    assert old.threshold == pytest.approx(old.fit["tail"]) and old.fit["loo_bias"] is None
+    # a defect of every kind is scored above its own reference (PixelDiff sees any change)
+    assert all(min(ds) > s for ds, s in zip(cal.defect_scores, cal.loo_scores, strict=True))

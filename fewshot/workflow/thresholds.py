@@ -21,11 +21,29 @@ Default rule ``tail`` (``--threshold-rule tail``, ``--target-fpr`` = 0.01), buil
 3. **Tail fit.** On the remaining samples, a log-normal with robust location mu = median(log s)
    and scale sigma = max(1.4826 MAD(log s), ``MIN_LOG_SCALE``), widened for the few references
    behind it by sqrt(1 + 1/K_used). threshold = exp(mu + z_(1 - target_fpr) * sigma): the score a
-   normal part exceeds with probability ``target_fpr`` under the fit (the expected false-alarm
-   rate, recorded). Scores <= 0 (a method whose scores are not positive) are fitted on the raw
-   scale (a normal law) instead. Extreme-value (GPD) fits need hundreds of samples; with a
-   handful of references they are not attempted.
-4. **Pixels.** The pixel threshold is the image threshold carried onto the map scale: times
+   normal part exceeds with probability ``target_fpr`` under the fit. Scores <= 0 (a method
+   whose scores are not all positive, e.g. ``knn``'s z-normalised ``preset=auto`` scores, which
+   sit around a few units and can dip below 0) are fitted on the raw scale (a normal law)
+   instead. Extreme-value (GPD) fits need hundreds of samples; with a handful of references
+   they are not attempted. **Leave-one-out bias:** LOO scores come from K-1 references, the
+   final model has K. Each reference is also scored (original only) by models without it and
+   one other reference (``MAX_PAIRS`` per reference; cached features, so only the fits and one
+   look-up each); the median step K-2 -> K-1 (in log, or raw where scores are <= 0), times
+   (K-2)/K (the expected nearest of n uniform draws falls as 1/(n+1)), is applied to the normal
+   samples before the fit (drops only; needs K - 2 >= the method's minimum references).
+4. **Synthetic defects.** Each held-out reference also gets the four local synthetic defects
+   of ``fsiad.fewshot.data.defects`` (``SYNTH_KINDS``: cutpaste, blend, scratch, blob; seeded),
+   scored by the same LOO model. A wide normal spread (references of different exposures)
+   pushes the tail fit above most real defects; so the threshold is lowered to the
+   ``DEFECT_QUANTILE`` (0.25) quantile of the synthetic-defect scores when that is below the
+   tail fit, but never below the tail fit at ``FLOOR_FPR_FACTOR`` (10) x ``target_fpr``:
+   threshold = min(tail, max(q_0.25(defects), floor)). ``fit["bound"]`` says which one set it
+   (``tail`` | ``defects`` | ``floor``). The **expected false-alarm rate** recorded is the
+   fitted normal law's exceedance of the final threshold (= ``target_fpr`` when the tail fit
+   set it, up to 10 x target otherwise). Synthetic defects are easier than most real ones, so
+   the bound is a low quantile and it only ever lowers the threshold.
+   ``calibrate_loo(..., synthetic=False)`` gives the tail fit alone (the former rule).
+5. **Pixels.** The pixel threshold is the image threshold carried onto the map scale: times
    the median ratio (maximum of a LOO map) / (its image score) over the same samples (1 when the
    image score is the map's maximum). A normal part thus shows a pixel above it about as
    rarely as it is flagged, and a flagged image has its peak near or above it. Defect masks
@@ -66,6 +84,14 @@ OUTLIER_Z = 3.5
 OUTLIER_RATIO = 1.5
 MIN_LOG_SCALE = 0.1
 MAD_TO_SIGMA = 1.4826
+#: synthetic defects (``fsiad.fewshot.data.defects``) made on each held-out reference (step 4)
+SYNTH_KINDS = ("cutpaste", "blend", "scratch", "blob")
+#: the threshold is kept at or below this quantile of the synthetic-defect scores ...
+DEFECT_QUANTILE = 0.25
+#: ... but not below the tail fit at this multiple of the target false-alarm rate
+FLOOR_FPR_FACTOR = 10.0
+#: models with two references left out, per reference, for the leave-one-out bias (step 3)
+MAX_PAIRS = 2
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,63 @@ def tail_fit(samples: Sequence[float], target_fpr: float, n_groups: int | None =
             "sigma": sigma, "z": z, "n_samples": int(s.size), "n_groups": groups}
 
 
+def normal_exceedance(value: float, fit: dict[str, Any]) -> float:
+    """Probability that a normal score is at or above ``value`` under a ``tail_fit`` result."""
+    if fit["space"] == "log":
+        if value <= 0:
+            return 1.0
+        x = math.log(value)
+    else:
+        x = value
+    return float(1.0 - NormalDist().cdf((x - fit["mu"]) / max(fit["sigma"], 1e-300)))
+
+
+def bounded_threshold(normal: Sequence[float], defects: Sequence[float], target_fpr: float,
+                      n_groups: int | None = None) -> dict[str, Any]:
+    """The ``tail`` rule's threshold (module docstring, step 4): the tail fit of the ``normal``
+    scores, lowered to the ``DEFECT_QUANTILE`` quantile of the synthetic-``defects`` scores when
+    that is lower, but never below the tail fit at ``FLOOR_FPR_FACTOR`` x ``target_fpr``.
+
+    Returns:
+        the normal ``tail_fit`` fields plus ``tail`` (its threshold), ``defect_bound``,
+        ``floor``, ``bound`` (``"tail"`` | ``"defects"`` | ``"floor"``: which one set it),
+        ``n_defects`` and ``expected_fpr`` (normal exceedance of the threshold under the fit).
+    """
+    fit = tail_fit(normal, target_fpr, n_groups)
+    out: dict[str, Any] = {**fit, "tail": fit["threshold"], "defect_bound": None, "floor": None, "bound": "tail",
+                           "n_defects": 0}
+    d = np.asarray(defects, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size:
+        bound = float(np.quantile(d, DEFECT_QUANTILE))
+        floor = tail_fit(normal, min(FLOOR_FPR_FACTOR * target_fpr, 0.25), n_groups)["threshold"]
+        out.update(defect_bound=bound, floor=floor, n_defects=int(d.size))
+        if bound < fit["threshold"]:
+            out.update(threshold=max(bound, floor), bound="defects" if bound >= floor else "floor")
+    out["expected_fpr"] = target_fpr if out["bound"] == "tail" else normal_exceedance(out["threshold"], fit)
+    return out
+
+
+def defect_views(batch: Any, kinds: Sequence[str], seed: int) -> Any:
+    """Synthetic defects (``fsiad.fewshot.data.defects.make_defect``) of ``kinds`` on the one
+    prepared image of ``batch``, as a batch of the same type; ``None`` for batch types whose
+    image cannot be read (no synthetic defects then)."""
+    from fsiad.fewshot.data.defects import make_defect
+
+    if isinstance(batch, torch.Tensor) and batch.ndim == 4 and batch.shape[0] == 1 and batch.is_floating_point():
+        return torch.stack([make_defect(batch[0], k, seed + 7919 * j)[0].to(batch.dtype) for j, k in enumerate(kinds)])
+    images, sizes = getattr(batch, "images", None), getattr(batch, "sizes", None)
+    if isinstance(images, list) and len(images) == 1 and isinstance(images[0], torch.Tensor) and sizes:
+        x = images[0]
+        f = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        out = []
+        for j, k in enumerate(kinds):
+            y = make_defect(f, k, seed + 7919 * j)[0]
+            out.append((y * 255.0 + 0.5).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype))
+        return type(batch)(out, [sizes[0]] * len(out))
+    return None
+
+
 def find_outliers(per_ref: Sequence[float]) -> list[tuple[int, float]]:
     """Odd references (module docstring, step 2): ``[(index, robust z)]``, highest z first."""
     v = np.asarray(per_ref, dtype=np.float64)
@@ -156,13 +239,18 @@ class Calibration:
         description: one human-readable sentence for the report and the console.
         loo_scores: leave-one-out scores of the references (``loo`` only), in reference order.
         target_fpr: false-alarm rate aimed at (``tail``), else ``None``.
-        expected_fpr: false-alarm rate expected under the fit (``tail``: = target), else ``None``.
+        expected_fpr: false-alarm rate expected under the fit (``tail``: = target when the tail fit
+            set the threshold, higher when synthetic defects lowered it), else ``None``.
         view_scores: per reference, the LOO scores of its augmented views.
         outliers: odd references: ``{"index", "path", "score", "robust_z", "advice"}``.
-        fit: the tail fit's parameters (``tail_fit``), with ``excluded`` reference indices.
+        fit: ``bounded_threshold``'s result (tail fit parameters, ``tail``, ``defect_bound``,
+            ``floor``, ``bound``, ``expected_fpr``), with ``loo_bias`` (``loo_bias``), ``excluded``
+            reference indices and ``map_max_to_score``.
         pixel_threshold: map value at or above which a pixel of a flagged image is defective.
         map_floor: normal background level of the maps (bottom of the colour scale).
         references: reference paths, in order (for naming outliers).
+        defect_scores: per reference, the scores of its synthetic defects (``SYNTH_KINDS``) under
+            its leave-one-out model (``tail`` only; empty when the batch type has no image).
     """
 
     threshold: float | None
@@ -178,6 +266,7 @@ class Calibration:
     pixel_threshold: float | None = None
     map_floor: float | None = None
     references: list[str] = field(default_factory=list)
+    defect_scores: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,17 +330,59 @@ def with_views(batch: Any, seed: int = 0) -> Any:
     return batch
 
 
+def _min_fit_refs(method: AnomalyMethod) -> int:
+    from fsiad.fewshot.workflow.references import min_references
+
+    return max(min_references(type(method)), 1)
+
+
+def _pair_scores(method: AnomalyMethod, refs: Sequence[Sample], i: int, seed: int) -> list[float]:
+    """Scores of reference ``i`` (original only) under models fitted without ``i`` and one other
+    reference ``j`` (the next ``MAX_PAIRS`` in cyclic order): one reference fewer than LOO."""
+    out = []
+    for step in range(1, min(MAX_PAIRS, len(refs) - 1) + 1):
+        j = (i + step) % len(refs)
+        torch.manual_seed(seed)
+        method.fit(method.prepare([r for m, r in enumerate(refs) if m not in (i, j)]))
+        out.append(float(method.predict(method.prepare([refs[i]])).image_scores[0]))
+    return out
+
+
+def loo_bias(loo: Sequence[float], pairs: Sequence[Sequence[float]], k: int) -> dict[str, Any] | None:
+    """Estimated change of a normal score from K-1 to K references (module docstring, step 3).
+
+    ``loo[i]``: reference i scored with K-1 references; ``pairs[i]``: it scored with K-2. The
+    step K-2 -> K-1 is the median over references of the median over pairs of
+    (g(loo) - g(pair)), g = log when every score is positive, else the identity; the step
+    K-1 -> K is that times (K-2)/K (the expected nearest of n uniform draws falls as
+    1/(n+1)). Only drops count (a rise is taken as 0). ``None`` without pairs.
+    """
+    rows = [(a, list(b)) for a, b in zip(loo, pairs, strict=True) if len(b)]
+    if not rows or k < 3:
+        return None
+    log = all(a > 0 and min(b) > 0 for a, b in rows)
+    g = np.log if log else np.asarray
+    steps = [float(np.median(g(np.float64(a)) - g(np.asarray(b, dtype=np.float64)))) for a, b in rows]
+    step = min(float(np.median(steps)), 0.0)
+    return {"space": "log" if log else "linear", "step_k2_k1": step, "shift": step * (k - 2) / k,
+            "n_refs": len(rows)}
+
+
 def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: ThresholdRule, seed: int = 0,
-                  target_fpr: float = DEFAULT_TARGET_FPR) -> Calibration:
+                  target_fpr: float = DEFAULT_TARGET_FPR, synthetic: bool = True) -> Calibration:
     """Leave-one-out threshold on ``refs``; ``method`` is left fitted on a subset (refit it).
 
-    Wrap the call in ``feature_cache(method)`` to encode each reference once.
+    ``synthetic=False``: the tail fit alone (no synthetic defects, no correction of the
+    leave-one-out bias). Wrap the call in ``feature_cache(method)`` to encode each reference once.
     """
     reason = loo_unavailable_reason(method, len(refs))
     if reason:
         return no_threshold(reason)
     scores: list[float] = []
     views: list[list[float]] = []
+    defects: list[list[float]] = []
+    pairs: list[list[float]] = []
+    bias_pairs = synthetic and len(refs) - 2 >= _min_fit_refs(method)
     map_max: list[list[float]] = []
     map_med: list[float] = []
     for i in range(len(refs)):
@@ -262,6 +393,10 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         res = method.predict(held)
         s = [float(v) for v in res.image_scores]
         maps = res.anomaly_maps.detach().cpu().float().flatten(1)
+        if rule.kind == "tail" and synthetic:
+            bad = defect_views(method.prepare([refs[i]]), SYNTH_KINDS, seed * 1000 + 31 * i)
+            defects.append([float(v) for v in method.predict(bad).image_scores] if bad is not None else [])
+        pairs.append(_pair_scores(method, refs, i, seed) if rule.kind == "tail" and bias_pairs else [])
         scores.append(s[0])
         views.append(s[1:])
         map_max.append([float(v) for v in maps.max(1).values])
@@ -280,23 +415,36 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
     pixel_samples = [v for i in keep for v in map_max[i]]
     fit: dict[str, Any] = {}
     if rule.kind == "tail":
-        fit = tail_fit(image_samples, target_fpr, len(keep))
+        defect_samples = [v for i in keep if i < len(defects) for v in defects[i]]
+        bias = loo_bias([scores[i] for i in keep], [pairs[i] for i in keep], len(refs))
+        normal = np.asarray(image_samples, dtype=np.float64)
+        if bias is not None:
+            normal = normal * math.exp(bias["shift"]) if bias["space"] == "log" else normal + bias["shift"]
+        fit = bounded_threshold(normal, defect_samples, target_fpr, len(keep))
+        fit["loo_bias"] = bias
         value = fit["threshold"]
         ratio = float(np.median(np.asarray(pixel_samples) / np.maximum(np.asarray(image_samples), 1e-12)))
         pixel_value = value * ratio if value > 0 and ratio > 0 else value
         fit = {**fit, "excluded": [o["index"] for o in outliers], "map_max_to_score": ratio}
-        desc = (f"threshold {value:.6g} = robust log-normal tail fit at a target false-alarm rate of "
-                f"{target_fpr:g} over {len(image_samples)} leave-one-out scores ({len(keep)} reference(s) "
-                f"x {1 + len(views[0])} views" + (f"; {len(outliers)} odd reference(s) left out" if outliers else "")
-                + f"); pixel threshold {pixel_value:.6g}")
+        space = "log-normal" if fit["space"] == "log" else "normal"
+        how = {"tail": f"robust {space} tail fit at a target false-alarm rate of {target_fpr:g}",
+               "defects": f"{DEFECT_QUANTILE:g} quantile of {fit['n_defects']} synthetic-defect scores (below the "
+                          f"tail fit {fit['tail']:.4g} at {target_fpr:g})",
+               "floor": f"robust {space} tail fit at a false-alarm rate of {min(FLOOR_FPR_FACTOR * target_fpr, 0.25):g} "
+                        f"(floor; synthetic defects scored lower)"}[fit["bound"]]
+        desc = (f"threshold {value:.6g} = {how}; normals: {len(image_samples)} leave-one-out scores "
+                f"({len(keep)} reference(s) x {1 + len(views[0])} views"
+                + (f"; {len(outliers)} odd reference(s) left out" if outliers else "")
+                + f"); expected false-alarm rate {fit['expected_fpr']:.3g}; pixel threshold {pixel_value:.6g}")
     else:
         value = rule.apply(scores)
         pixel_value = rule.apply([m[0] for m in map_max])
         desc = (f"threshold {value:.6g} = {rule} of {len(scores)} leave-one-out scores of the normal references "
                 f"(each scored by a model fitted on the other {len(refs) - 1}); no false-alarm rate stated")
-    return Calibration(value, "loo", str(rule), desc, scores, target_fpr if rule.kind == "tail" else None,
-                       target_fpr if rule.kind == "tail" else None, views, outliers, fit, float(pixel_value),
-                       float(np.median([map_med[i] for i in keep])), paths)
+    tail = rule.kind == "tail"
+    return Calibration(value, "loo", str(rule), desc, scores, target_fpr if tail else None,
+                       fit["expected_fpr"] if tail else None, views, outliers, fit, float(pixel_value),
+                       float(np.median([map_med[i] for i in keep])), paths, defects if tail else [])
 
 
 def no_threshold(reason: str) -> Calibration:
