@@ -167,7 +167,7 @@ def test_folder_reader(tmp_path: Path) -> None:
     assert "missing_000.png: no mask" in _err("folder", root)
     for p in (root / "normal").iterdir():
         p.unlink()
-    assert _err("folder", root) == f"{root / 'normal'}: empty folder (no image files)"
+    assert _err("folder", root) == f"{root / 'normal'}: no image files for the normal reference pool"
 
 
 def test_textile_package_split() -> None:
@@ -195,3 +195,37 @@ def test_textile_root_override(tmp_path: Path) -> None:
 def test_register_dataset_plugin(tmp_path: Path) -> None:
     register_dataset("unit_test_kind", lambda root, cats: [Category("x", [], [], False, root)])
     assert load_dataset("unit_test_kind", tmp_path)[0].root == tmp_path
+
+
+def test_folder_reader_train_good_fallback(tmp_path: Path) -> None:
+    cat = tmp_path / "part"
+    for sub in ("train/good", "test/good", "test/crack"):
+        (cat / sub).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(cat / sub / "a.png")
+    (c,) = load_dataset("folder", cat)
+    assert [s.path.parent.name for s in c.train] == ["good"]
+    shutil.rmtree(cat / "train" / "good")
+    (cat / "train" / "good").mkdir()
+    with pytest.raises(DatasetError, match="no image files for the normal reference pool"):
+        load_dataset("folder", cat)
+
+
+def test_symlinked_folders_followed_and_loops_reported(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from fsiad.fewshot.workflow.targets import collect_images
+
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.new("RGB", (8, 8)).save(real / "a.png")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "linked").symlink_to(real, target_is_directory=True)
+    (top / "loop").symlink_to(top, target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="fsiad"):
+        found = collect_images([top])
+    assert found == [top / "linked" / "a.png"]
+    assert any("loop" in r.getMessage() and "already read" in r.getMessage() for r in caplog.records)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="symbolic link to nothing"):
+        collect_images([tmp_path / "dangling"])

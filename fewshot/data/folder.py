@@ -35,11 +35,12 @@ def read_folder_category(cat: Path) -> Category:
         raise DatasetError(
             f"{cat}: no normal/ folder (folder dataset layout: normal/, test/, optional masks/)"
         )
-    train_files = list_images(pool)
+    train_files = list_images(pool, required=False)
     if pool.name == "train" and not train_files:  # train/good style
         train_files = [p for n in NORMAL_NAMES for p in list_images(pool / n, required=False)]
-        if not train_files:
-            raise DatasetError(f"{pool}: empty folder (no image files)")
+    if not train_files:
+        where = f"{pool} (nor in {pool}/good)" if pool.name == "train" else str(pool)
+        raise DatasetError(f"{where}: no image files for the normal reference pool")
     train = [Sample(p, 0, "good") for p in train_files]
     test_dir = require_dir(cat / "test", "test folder")
     mask_dir = cat / "masks"

@@ -45,6 +45,8 @@ def collect_images(targets: Iterable[str | Path]) -> list[Path]:
             found = _walk_images(path)
         elif path.is_file():
             found = [path]
+        elif path.is_symlink():
+            raise DatasetError(f"{path}: a symbolic link to nothing (broken, or a loop of links); fix the link")
         else:
             raise DatasetError(f"{path}: no such file or folder")
         for p in found:
@@ -56,11 +58,31 @@ def collect_images(targets: Iterable[str | Path]) -> list[Path]:
 
 
 def _walk_images(root: Path) -> list[Path]:
-    """Image files below ``root``, sorted, skipping hidden folders and fsiad output folders."""
+    """Image files below ``root``, sorted, skipping hidden folders and fsiad output folders.
+
+    Symbolic links to folders are followed; a link that leads back to a folder already walked
+    (a loop, or a second way into the same folder) is not walked twice and is reported as a
+    warning on the ``fsiad`` logger.
+    """
+    import logging
+
+    log = logging.getLogger("fsiad.targets")
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
+    visited = {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
         base = Path(folder)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(base / d)]
+        keep = []
+        for d in dirs:
+            sub = base / d
+            if d.startswith(".") or is_output_folder(sub):
+                continue
+            real = os.path.realpath(sub)
+            if real in visited:
+                log.warning("%s: skipped (a link back to %s, already read)", sub, real)
+                continue
+            visited.add(real)
+            keep.append(d)
+        dirs[:] = keep
         found.extend(p for p in (base / f for f in files) if is_image_file(p))
     return sorted(found)
 
