@@ -33,6 +33,11 @@ TOP_KEYS = (*LIST_KEYS, "categories")
 _FIELD = re.compile(r"\{[^{}]*\}")
 
 
+#: Prompt files are short YAML lists (the packaged ensemble is about 4 KB); anything far larger
+#: is refused before it is parsed, so a huge or wrong file cannot take minutes or gigabytes.
+MAX_PROMPT_FILE_BYTES = 1 << 20
+
+
 class PromptError(FsiadError, ValueError):
     """A prompt file is invalid; ``errors`` holds the ``file:line: message`` strings."""
 
@@ -199,6 +204,10 @@ def check(path: str | Path) -> tuple[list[str], list[str]]:
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROMPT_FILE_BYTES:
+            return [f"{path}:1: {size:,} bytes is not a prompt file (at most {MAX_PROMPT_FILE_BYTES:,} bytes; "
+                    "prompt files are short YAML lists)"], []
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}:1: cannot read prompt file: {exc}"], []

@@ -104,3 +104,15 @@ def test_cli_show_validate_init(tmp_path):
 
     # the one error translator prints the invalid file as one line
     assert_one_line_error(run_cli("prompts", "show", "--prompts", copy), f"{copy}:", "placeholder")
+
+
+def test_huge_prompt_file_refused_before_parsing(tmp_path):
+    from fsiad.prompts.loader import MAX_PROMPT_FILE_BYTES, PromptError, load_prompts
+
+    from tests.cli_helpers import assert_one_line_error, run_cli
+
+    big = tmp_path / "big.yaml"
+    big.write_text("normal_states: ['{}']\n#" + "x" * MAX_PROMPT_FILE_BYTES + "\n")
+    with pytest.raises(PromptError, match="is not a prompt file"):
+        load_prompts(big)
+    assert_one_line_error(run_cli("prompts", "show", "--prompts", big), "big.yaml", "not a prompt file")
