@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from fsiad.cli.options import method_config_from, method_options
 from fsiad.prompts.loader import default_prompts_path
 
 
@@ -20,39 +21,19 @@ def _prompt_path(path: Path) -> Path:
 
 
 def _encoder_options(f: Callable) -> Callable:
-    from fsiad.fewshot.device import DEVICE_HELP, PRECISIONS
-
+    """winclip's encoder options (the prompt files are the commands' own arguments) and the
+    reference draw for WinCLIP+."""
     opts = [
-        click.option("--class-name", default=None,
-                     help="Object name / category key of the prompts (default: the category's name, else 'object')."),
-        click.option("--encoder", default=None, help="CLIP encoder (default: winclip's). See `fsiad models`."),
-        click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Explicit encoder weight file."),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                     help="Encoder autocast precision."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Images per encoder forward."),
-        click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-                     help="winclip option (see `fsiad methods winclip`); repeatable."),
-        click.option("--allow-random", is_flag=True, hidden=True, help="Random-init encoder (tests, timing)."),
         click.option("--normal", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Folder of normal images for --shots (default: the category's train/good)."),
         click.option("--shots", "-k", type=click.IntRange(min=0), default=0, show_default=True,
                      help="K normal references: 0 = zero-shot WinCLIP, K > 0 = WinCLIP+."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the reference draw."),
     ]
+    f = method_options(f, exclude=("prompts_file",))
     for opt in reversed(opts):
         f = opt(f)
     return f
-
-
-def _method_config(kw: dict[str, Any]):
-    from fsiad.cli.options import parse_options
-    from fsiad.fewshot.methods.base import MethodConfig
-
-    return MethodConfig(encoder=kw.pop("encoder"), weights=kw.pop("weights"), device=kw.pop("device"),
-                        precision=kw.pop("precision"), batch_size=kw.pop("batch_size"),
-                        allow_random=kw.pop("allow_random"), options=parse_options(kw.pop("options")))
 
 
 @click.command("compare")
@@ -79,7 +60,7 @@ def compare(files: tuple[Path, ...], **kw: Any) -> None:
     cfg = CompareConfig(prompt_files=[_prompt_path(f) for f in files], targets=list(kw.pop("targets")), out=kw.pop("out"),
                         labels=kw.pop("labels"), category=kw.pop("category"), normal=kw.pop("normal"),
                         shots=kw.pop("shots"), seed=kw.pop("seed"), class_name=kw.pop("class_name"),
-                        method_config=_method_config(kw))
+                        method_config=method_config_from(kw))
     res = compare_prompts(cfg, say=lambda line: click.echo(line, err=True))
     for row in res.rows:
         if row["duplicates"]:
@@ -110,7 +91,7 @@ def explain_cmd(file: Path, images: tuple[Path, ...], top: int, out: Path | None
     from fsiad.fewshot.evaluation.prompt_explain import explain_images, format_explain
 
     shots, seed, normal, class_name = kw.pop("shots"), kw.pop("seed"), kw.pop("normal"), kw.pop("class_name")
-    result, _ = explain_images(_prompt_path(file), images, class_name, _method_config(kw), shots=shots, seed=seed,
+    result, _ = explain_images(_prompt_path(file), images, class_name, method_config_from(kw), shots=shots, seed=seed,
                                normal=normal, top=top, out=out)
     click.echo(format_explain(result, top))
     if out is not None:

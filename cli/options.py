@@ -11,8 +11,13 @@ import click
 from fsiad.fewshot.device import DEVICE_HELP, PRECISIONS
 
 
-def method_options(f: Callable) -> Callable:
-    """Options that build a ``MethodConfig`` (use ``method_config_from(kwargs)``)."""
+def method_options(f: Callable | None = None, *, exclude: tuple[str, ...] = ()) -> Callable:
+    """Options that build a ``MethodConfig`` (use ``method_config_from(kwargs)``).
+
+    ``@method_options`` or ``@method_options(exclude=("prompts_file",))`` for a command whose
+    own arguments replace one of them."""
+    if f is None:
+        return lambda g: method_options(g, exclude=exclude)
     opts = [
         click.option("--encoder", default=None, help="Encoder name (default: the method's). See `fsiad models`."),
         click.option("--weights", default=None, type=click.Path(dir_okay=False),
@@ -33,8 +38,18 @@ def method_options(f: Callable) -> Callable:
                      help="Random-init encoder weights (tests and timing only)."),
     ]
     for opt in reversed(opts):
-        f = opt(f)
+        dest = _dest(opt)
+        if dest not in exclude:
+            f = opt(f)
     return f
+
+
+def _dest(decorator: Callable) -> str:
+    """The parameter name a ``click.option(...)`` decorator declares."""
+    def probe() -> None:
+        pass
+
+    return decorator(probe).__click_params__[-1].name
 
 
 def parse_options(items: tuple[str, ...]) -> dict[str, Any]:
@@ -60,8 +75,8 @@ def method_config_from(kwargs: dict[str, Any]):
         device=kwargs.pop("device"),
         precision=kwargs.pop("precision"),
         image_size=kwargs.pop("image_size"),
-        class_name=kwargs.pop("class_name") or "object",
-        prompts=kwargs.pop("prompts_file"),
+        class_name=kwargs.pop("class_name", None) or "object",
+        prompts=kwargs.pop("prompts_file", None),
         batch_size=kwargs.pop("batch_size"),
         allow_random=kwargs.pop("allow_random"),
         options=parse_options(kwargs.pop("options")),
