@@ -115,18 +115,19 @@ def _tail_numpy(x: np.ndarray, fpr: float, groups: int) -> float:
     return float(np.exp(mu + norm.ppf(1 - fpr) * sigma))
 
 
-@pytest.mark.parametrize("case", ["far", "between", "low"])
+@pytest.mark.parametrize("case", ["far", "near", "between", "low"])
 def test_bounded_threshold_matches_independent_computation(case):
     rng = np.random.default_rng(3)
     normal = np.exp(rng.normal(np.log(2.0), 0.3, 28))
     tail, floor = _tail_numpy(normal, 0.01, 4), _tail_numpy(normal, 0.1, 4)
     mid = np.sqrt(tail * floor)
-    defects = {"far": np.linspace(2 * tail, 4 * tail, 12), "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
+    defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "near": np.linspace(1.2 * tail, 1.8 * tail, 12),
+               "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
                "low": np.linspace(0.2 * floor, 2 * tail, 12)}[case]
     got = bounded_threshold(normal, defects, 0.01, n_groups=4)
     q = np.sort(defects)[2] + 0.75 * (np.sort(defects)[3] - np.sort(defects)[2])  # 0.25 quantile of 12, by hand
-    want = {"far": tail, "between": q, "low": floor}[case]
-    assert got["bound"] == {"far": "tail", "between": "defects", "low": "floor"}[case]
+    want = {"far": q / 2, "near": tail, "between": q, "low": floor}[case]
+    assert got["bound"] == {"far": "raised", "near": "tail", "between": "defects", "low": "floor"}[case]
     assert got["threshold"] == pytest.approx(want, rel=1e-9) and got["tail"] == pytest.approx(tail, rel=1e-9)
     assert got["defect_bound"] == pytest.approx(q) and got["floor"] == pytest.approx(floor, rel=1e-9)
     # expected false-alarm rate: the fitted normal law's exceedance of the threshold
@@ -134,9 +135,17 @@ def test_bounded_threshold_matches_independent_computation(case):
 
     lx = np.log(normal)
     sigma = max(1.4826 * np.median(np.abs(lx - np.median(lx))), 0.1) * np.sqrt(1.25)
-    want_fpr = 0.01 if case == "far" else float(norm.sf((np.log(want) - np.median(lx)) / sigma))
+    want_fpr = 0.01 if case == "near" else float(norm.sf((np.log(want) - np.median(lx)) / sigma))
     assert got["expected_fpr"] == pytest.approx(want_fpr, rel=1e-6)
-    assert got["threshold"] <= tail and got["threshold"] >= floor - 1e-12
+    assert floor - 1e-12 <= got["threshold"] <= max(tail, q / 2)
+    assert (got["expected_fpr"] < 0.01) == (case == "far")
+
+
+def test_no_raise_on_the_raw_scale():
+    """Scores <= 0: a normal law on the raw scale; a quantile / 2 means nothing there, no raise."""
+    normal = [-0.2, 0.1, 0.3, 0.0, 0.2, -0.1, 0.15]
+    got = bounded_threshold(normal, [50.0] * 8, 0.01, 4)
+    assert got["space"] == "linear" and got["bound"] == "tail" and got["threshold"] == got["tail"]
 
 
 def test_bounded_threshold_without_defects_is_the_tail_fit():
@@ -155,7 +164,10 @@ def test_synthetic_defects_bound_the_threshold(refs):
     d = np.concatenate(cal.defect_scores)
     assert cal.fit["defect_bound"] == pytest.approx(np.quantile(d, 0.25))
     assert cal.threshold <= max(cal.fit["defect_bound"], cal.fit["floor"]) + 1e-12
-    assert cal.threshold <= cal.fit["tail"] and cal.expected_fpr >= cal.target_fpr
+    if cal.fit["bound"] == "raised":
+        assert cal.threshold == pytest.approx(cal.fit["defect_bound"] / 2) > cal.fit["tail"]
+    else:
+        assert cal.threshold <= cal.fit["tail"] and cal.expected_fpr >= cal.target_fpr
     assert "expected false-alarm rate" in cal.description
     # the former rule (no synthetic defects) is the tail fit alone
     old = calibrate_loo(m, refs, ThresholdRule(), synthetic=False)
