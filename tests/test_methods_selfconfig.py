@@ -159,11 +159,10 @@ def test_real_dinov2_selfconfig_on_wide_synthetic():
 def test_calibration_refits_use_the_full_fit_configuration(tmp_path):
     """fit_references chooses on all K references, the leave-one-out refits keep that choice and
     its normalisation, and the final model equals a plain fit on all K."""
-    from PIL import Image
-
     from fsiad.fewshot.data.base import Sample
     from fsiad.fewshot.workflow.runner import fit_references
     from fsiad.fewshot.workflow.thresholds import ThresholdRule
+    from PIL import Image
 
     paths = []
     for i in range(4):
