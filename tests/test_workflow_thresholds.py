@@ -141,6 +141,13 @@ def test_bounded_threshold_matches_independent_computation(case):
     assert (got["expected_fpr"] < 0.01) == (case == "far")
 
 
+def test_floor_never_above_the_tail_fit():
+    normal = np.exp(np.random.default_rng(0).normal(0.0, 0.3, 20))
+    for fpr in (0.01, 0.05, 0.3, 0.45):
+        got = bounded_threshold(normal, [0.01] * 8, fpr, 4)
+        assert got["floor"] <= got["tail"] + 1e-12 and got["threshold"] <= got["tail"] + 1e-12
+
+
 def test_no_raise_on_the_raw_scale():
     """Scores <= 0: a normal law on the raw scale; a quantile / 2 means nothing there, no raise."""
     normal = [-0.2, 0.1, 0.3, 0.0, 0.2, -0.1, 0.15]

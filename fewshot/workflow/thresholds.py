@@ -172,6 +172,11 @@ def normal_exceedance(value: float, fit: dict[str, Any]) -> float:
     return float(1.0 - NormalDist().cdf((x - fit["mu"]) / max(fit["sigma"], 1e-300)))
 
 
+def floor_fpr(target_fpr: float) -> float:
+    """False-alarm rate of the floor: ``FLOOR_FPR_FACTOR`` x target, at most 0.25 (or the target)."""
+    return min(FLOOR_FPR_FACTOR * target_fpr, max(0.25, target_fpr))
+
+
 def bounded_threshold(normal: Sequence[float], defects: Sequence[float], target_fpr: float,
                       n_groups: int | None = None) -> dict[str, Any]:
     """The ``tail`` rule's threshold (module docstring, step 4): the tail fit of the ``normal``
@@ -191,7 +196,7 @@ def bounded_threshold(normal: Sequence[float], defects: Sequence[float], target_
     d = d[np.isfinite(d)]
     if d.size:
         bound = float(np.quantile(d, DEFECT_QUANTILE))
-        floor = tail_fit(normal, min(FLOOR_FPR_FACTOR * target_fpr, 0.25), n_groups)["threshold"]
+        floor = tail_fit(normal, floor_fpr(target_fpr), n_groups)["threshold"]
         out.update(defect_bound=bound, floor=floor, n_defects=int(d.size))
         if bound < fit["threshold"]:
             out.update(threshold=max(bound, floor), bound="defects" if bound >= floor else "floor")
@@ -390,7 +395,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         how = {"tail": f"robust {space} tail fit at a target false-alarm rate of {target_fpr:g}",
                "defects": f"{DEFECT_QUANTILE:g} quantile of {fit['n_defects']} synthetic-defect scores (below the "
                           f"tail fit {fit['tail']:.4g} at {target_fpr:g})",
-               "floor": f"robust {space} tail fit at a false-alarm rate of {min(FLOOR_FPR_FACTOR * target_fpr, 0.25):g} "
+               "floor": f"robust {space} tail fit at a false-alarm rate of {floor_fpr(target_fpr):g} "
                         f"(floor; synthetic defects scored lower)",
                "raised": f"{DEFECT_QUANTILE:g} quantile of {fit['n_defects']} synthetic-defect scores / "
                          f"{RAISE_MARGIN:g} (above the tail fit {fit['tail']:.4g} at {target_fpr:g})"}[fit["bound"]]
