@@ -121,13 +121,13 @@ def test_bounded_threshold_matches_independent_computation(case):
     normal = np.exp(rng.normal(np.log(2.0), 0.3, 28))
     tail, floor = _tail_numpy(normal, 0.01, 4), _tail_numpy(normal, 0.1, 4)
     mid = np.sqrt(tail * floor)
-    defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "near": np.linspace(1.2 * tail, 1.8 * tail, 12),
+    defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "near": np.full(12, 2 * mid),
                "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
                "low": np.linspace(0.2 * floor, 2 * tail, 12)}[case]
     got = bounded_threshold(normal, defects, 0.01, n_groups=4)
     q = np.sort(defects)[2] + 0.75 * (np.sort(defects)[3] - np.sort(defects)[2])  # 0.25 quantile of 12, by hand
-    want = {"far": q / 2, "near": tail, "between": q, "low": floor}[case]
-    assert got["bound"] == {"far": "raised", "near": "tail", "between": "defects", "low": "floor"}[case]
+    want = max(q / 2, floor)  # half the defects' 0.25 quantile, not below the 10 x target point
+    assert got["bound"] == ("floor" if floor > q / 2 else "raised" if q / 2 > tail else "defects")
     assert got["threshold"] == pytest.approx(want, rel=1e-9) and got["tail"] == pytest.approx(tail, rel=1e-9)
     assert got["defect_bound"] == pytest.approx(q) and got["floor"] == pytest.approx(floor, rel=1e-9)
     # expected false-alarm rate: the fitted normal law's exceedance of the threshold
@@ -135,10 +135,10 @@ def test_bounded_threshold_matches_independent_computation(case):
 
     lx = np.log(normal)
     sigma = max(1.4826 * np.median(np.abs(lx - np.median(lx))), 0.1) * np.sqrt(1.25)
-    want_fpr = 0.01 if case == "near" else float(norm.sf((np.log(want) - np.median(lx)) / sigma))
+    want_fpr = float(norm.sf((np.log(want) - np.median(lx)) / sigma))
     assert got["expected_fpr"] == pytest.approx(want_fpr, rel=1e-6)
-    assert floor - 1e-12 <= got["threshold"] <= max(tail, q / 2)
-    assert (got["expected_fpr"] < 0.01) == (case == "far")
+    assert floor - 1e-12 <= got["threshold"] and (got["expected_fpr"] < 0.01) == (got["threshold"] > tail)
+    assert got["bound"] == {"far": "raised", "near": "defects", "between": "floor", "low": "floor"}[case]
 
 
 def test_floor_never_above_the_tail_fit():
