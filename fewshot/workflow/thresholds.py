@@ -401,8 +401,9 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         how = {"tail": f"robust {space} tail fit at a target false-alarm rate of {target_fpr:g}",
                "defects": f"{'half the ' if half else ''}{DEFECT_QUANTILE:g} quantile of {fit['n_defects']} "
                           f"synthetic-defect scores (tail fit at {target_fpr:g}: {fit['tail']:.4g})",
-               "floor": f"robust {space} tail fit at a false-alarm rate of {floor_fpr(target_fpr):g} (floor; "
-                        f"synthetic defects scored lower; tail fit at {target_fpr:g}: {fit['tail']:.4g})"}
+               "floor": f"robust {space} tail fit at a false-alarm rate of {floor_fpr(target_fpr):g} (floor: "
+                        f"{'half ' if half else ''}the synthetic-defect {DEFECT_QUANTILE:g} quantile is lower; "
+                        f"tail fit at {target_fpr:g}: {fit['tail']:.4g})"}
         how["raised"] = how["defects"]
         how = how[fit["bound"]]
         desc = (f"threshold {value:.6g} = {how}; normals: {len(image_samples)} leave-one-out scores "
