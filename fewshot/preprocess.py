@@ -70,6 +70,21 @@ class Preprocess:
             out.append(self._crop(t)[0] > 0.5)
         return torch.cat(out) if out else torch.empty(0, self.size, self.size, dtype=torch.bool)
 
+    def map_to_image(self, amap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """Invert this geometry for an anomaly map: ``[S, S]`` -> ``size = (H, W)`` float32.
+
+        The centre crop is undone by edge padding to the resize side (the cropped-off border has
+        no scores of its own), then the square is stretched back to the image's own size
+        (bilinear). The one way maps return to the original image (overlays, defect masks, 3D).
+        """
+        t = torch.as_tensor(np.asarray(amap, dtype=np.float32))[None, None]
+        pad = self.resize_side - self.size
+        if pad > 0 and tuple(t.shape[-2:]) == (self.size, self.size):
+            t = F.pad(t, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), mode="replicate")
+        if tuple(t.shape[-2:]) == tuple(size):
+            return t[0, 0].numpy()
+        return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
     def describe(self) -> dict:
         """Protocol record for results metadata."""
         d = asdict(self)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from fsiad.fewshot.data.base import Sample
 from fsiad.fewshot.workflow import render
 from fsiad.pointcloud.batch import load_rgbd
@@ -46,16 +44,6 @@ class Inspection:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _map_to_input(amap: np.ndarray, method: RGBDMethod, hw: tuple[int, int]) -> np.ndarray:
-    """Invert the method geometry: ``[S, S]`` map -> ``[H, W]`` (edge padding outside a crop)."""
-    pre = method.preprocess
-    t = torch.from_numpy(amap)[None, None].float()
-    pad = pre.resize_side - pre.size
-    if pad > 0:
-        t = F.pad(t, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), mode="replicate")
-    return F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
 def inspect_sample(method: RGBDMethod, sample: Sample, out_dir: str | Path, stem: str | None = None) -> Inspection:
     """Score ``sample`` with a fitted point-cloud method and write the inspection outputs."""
     out_dir = Path(out_dir)
@@ -77,7 +65,7 @@ def inspect_sample(method: RGBDMethod, sample: Sample, out_dir: str | Path, stem
         full_map = amap
     else:
         rgb, xyz, _ = load_rgbd(sample, method.size, method.cleaning, False)
-        full_map = _map_to_input(amap, method, xyz.shape[:2])
+        full_map = method.preprocess.map_to_image(amap, xyz.shape[:2])
         ok = valid_mask(xyz)
         pts, pscores = xyz[ok], full_map[ok]
         base = rgb if rgb is not None else depth_image(xyz)

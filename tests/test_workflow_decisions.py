@@ -250,3 +250,18 @@ def test_report_of_1000_images_loads_fast_in_chromium(big_run, tmp_path):
     m = re.search(r"LOADMS=(\d+)", proc.stdout)
     assert m, f"no result from chromium (rc={proc.returncode}): {proc.stderr[-500:]}"
     assert int(m.group(1)) < 3000, (m.group(1), time.perf_counter() - t0)
+
+
+def test_maps_return_to_the_image_with_the_crop_undone():
+    """A resize-256 / crop-224 method looked at the centre: a spot at crop pixels 64..96 lies at
+    (16 + 64) / 256 .. (16 + 96) / 256 of the original image, not at 64 / 224 .. 96 / 224."""
+    from fsiad.fewshot.preprocess import Preprocess
+    from fsiad.fewshot.workflow.decisions import defect_mask
+
+    amap = np.zeros((224, 224), np.float32)
+    amap[64:96, 64:96] = 1.0
+    ys, xs = np.nonzero(defect_mask(amap, (512, 768), 0.5, Preprocess(size=224, resize=256)))
+    assert abs(ys.min() - 80 / 256 * 512) <= 3 and abs(ys.max() - 112 / 256 * 512) <= 3
+    assert abs(xs.min() - 80 / 256 * 768) <= 4 and abs(xs.max() - 112 / 256 * 768) <= 4
+    ys, xs = np.nonzero(defect_mask(amap, (512, 768), 0.5, Preprocess(size=224)))  # no crop
+    assert abs(ys.min() - 64 / 224 * 512) <= 3 and abs(xs.min() - 64 / 224 * 768) <= 4

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fsiad.fewshot.preprocess import Preprocess
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -25,8 +26,13 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return im.height, im.width
 
 
-def map_to_image(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[h, w]`` anomaly map -> ``size = (H, W)`` float32 (bilinear; unchanged when equal)."""
+def map_to_image(amap: np.ndarray, size: tuple[int, int], pre: Preprocess | None = None) -> np.ndarray:
+    """``[h, w]`` anomaly map -> ``size = (H, W)`` float32 (bilinear; unchanged when equal).
+
+    With the method's ``pre`` (``Preprocess``) its centre crop is undone first
+    (``Preprocess.map_to_image``), so the map lands where the method looked."""
+    if pre is not None:
+        return pre.map_to_image(amap, size)
     amap = np.asarray(amap, dtype=np.float32)
     if amap.shape == tuple(size):
         return amap
@@ -55,9 +61,10 @@ class PixelDecision:
                 "boxes": self.boxes}
 
 
-def defect_mask(amap: np.ndarray, size: tuple[int, int], pixel_threshold: float) -> np.ndarray:
+def defect_mask(amap: np.ndarray, size: tuple[int, int], pixel_threshold: float,
+                pre: Preprocess | None = None) -> np.ndarray:
     """Bool ``H x W`` mask: map (at the original size) ``>= pixel_threshold``."""
-    return map_to_image(amap, size) >= pixel_threshold
+    return map_to_image(amap, size, pre) >= pixel_threshold
 
 
 def describe_mask(mask: np.ndarray, max_boxes: int = 10) -> PixelDecision:

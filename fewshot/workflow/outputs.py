@@ -318,7 +318,7 @@ class OutputFolder:
                       summary: dict[str, Any], metrics: dict[str, Any] | None, scale: render.ColourScale,
                       title: str, progress: bool) -> None:
         from fsiad.fewshot.data.io import read_image
-        from fsiad.fewshot.workflow.decisions import defect_mask
+        from fsiad.fewshot.workflow.decisions import defect_mask, map_to_image
 
         thr = calibration.threshold
         pix = calibration.pixel_threshold if calibration.pixel_threshold is not None else thr
@@ -344,12 +344,15 @@ class OutputFolder:
                                            file=sys.stderr), 1):
                 dec = decision(im.score, thr)
                 amap = np.load(self.map_path(im.name))
+                pre = method.preprocess  # the image as read: the method's crop is undone on the map
                 try:
                     base = read_image(im.path)
                 except READ_ERRORS:  # the target changed since it was scored: show the method's view
                     base = display_image(method, im.path) if Path(im.path).is_file() else None
+                    pre = None
                 links = {}
                 if base is not None:
+                    amap = map_to_image(amap, base.shape[:2], pre)
                     ov = render.overlay(base, amap, scale.lo, scale.hi)
                     render.save_png(ov, self.path / "overlays" / f"{im.name}.png")
                     mask = defect_mask(amap, base.shape[:2], pix) if dec == "anomalous" and pix is not None else None

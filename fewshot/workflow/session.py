@@ -353,7 +353,7 @@ class FittedModel:
                 size = decisions.image_size(im.path)
             except (OSError, ValueError):
                 size = amap.shape
-            mask = decisions.defect_mask(amap, size, pix)
+            mask = decisions.defect_mask(amap, size, pix, self.method.preprocess)
             im.region = decisions.describe_mask(mask)
             if folder is not None:
                 folder.mask_path(im.name).parent.mkdir(exist_ok=True)
