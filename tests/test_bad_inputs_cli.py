@@ -73,6 +73,10 @@ def _cases(f: dict[str, Path]) -> dict[str, tuple[list, str]]:
                                      f["good"]], "zero-shot only"),
         "eval-maeday-with-shots": (["eval", "--method", "maeday", "--dataset", "textile", "--shots", 2, "--out", out],
                                    "zero-shot only"),
+        "export-missing-model": (["export", "--model", f["root"] / "nomodel", "--out", out], "nomodel"),
+        "export-not-a-model": (["export", "--model", f["good"], "--out", out], "model"),
+        "train-regad-unknown-dataset": (["train", "regad", "--dataset", "nosuch", "--root", f["good"],
+                                         "--out", out / "ckpt.safetensors"], "nosuch"),
         "score-out-is-a-file": (["score", "--shots", 2, "--normal", f["good"], "--out", f["afile"], f["good"]],
                                 "afile"),
     }
