@@ -181,3 +181,10 @@ def test_model_folder_with_checkpoint_predicts_like_the_fitted_method(trained, t
     other.write_bytes(out.read_bytes() + b"\0")
     with pytest.raises(ModelError):
         load_model(tmp_path / "moved", weights=str(other))
+
+
+def test_second_training_into_a_locked_folder_is_refused(tmp_path):
+    from fsiad.fewshot.fileio import OutputLock, OutputLockedError
+
+    with OutputLock(tmp_path, "another training"), pytest.raises(OutputLockedError, match="another training"):
+        train_regad(_cfg(tmp_path / "reg.safetensors"), progress=False)

@@ -306,6 +306,9 @@ def train_regad(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str],
                 overwrite: bool = False) -> dict[str, Any]:
     """Meta-train the registration network; returns the checkpoint metadata.
 
+    The checkpoint's folder is locked for the whole run (``fileio.OutputLock``): a second
+    training into the same folder is refused in one line naming the holder.
+
     Args:
         cfg: settings (``TrainConfig``).
         progress: tqdm bar on stderr (steps, with the running loss).
@@ -314,23 +317,32 @@ def train_regad(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str],
         resume: continue the run recorded in ``cfg.out`` (same settings required).
         overwrite: replace an existing checkpoint instead of refusing.
     """
-    import sys
-
-    from fsiad.fewshot.encoders import create_encoder
-    from fsiad.fewshot.methods.regad_net import RegistrationNet
-    from tqdm import tqdm
-
     out = Path(cfg.out).expanduser()
     if out.suffix != ".safetensors":
         raise TrainError(f"--out {cfg.out}: the checkpoint must be a .safetensors file")
     if out.is_dir():
-        raise TrainError(f"--out {cfg.out}: is a folder")
+        raise TrainError(f"--out {cfg.out}: a folder; give a .safetensors file name")
     for name, value, low in (("shots", cfg.shots, 1), ("epochs", cfg.epochs, 1), ("batch_size", cfg.batch_size, 1),
                              ("images_per_category", cfg.images_per_category, 2)):
         if value < low:
             raise TrainError(f"{name} must be >= {low}, got {value}")
     if not cfg.lr > 0 or not 0 <= cfg.val_fraction < 1 or cfg.synthetic < 0:
         raise TrainError("lr must be > 0, val_fraction in [0, 1), synthetic >= 0")
+    from fsiad.fewshot.fileio import OutputLock
+
+    with OutputLock(out.parent, "fsiad train regad"):
+        return _train_locked(cfg, out, progress=progress, log=log, batch_hook=batch_hook, resume=resume,
+                             overwrite=overwrite)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[[str], None] | None,
+                  batch_hook: Callable[[list[str]], None] | None, resume: bool, overwrite: bool) -> dict[str, Any]:
+    import sys
+
+    from fsiad.fewshot.encoders import create_encoder
+    from fsiad.fewshot.methods.regad_net import RegistrationNet
+    from tqdm import tqdm
+
     previous = None
     if out.exists() or sidecar(out).exists():
         if resume:
