@@ -19,6 +19,7 @@ import os
 import sys
 
 import click
+from fsiad.fewshot.errors import one_line
 
 EXIT_USER = 1
 EXIT_USAGE = 2
@@ -27,15 +28,6 @@ EXIT_INTERNAL = 3
 
 def debug_enabled(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("FSIAD_DEBUG", "") not in ("", "0")
-
-
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception message (or its type name)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 def _os_error_line(exc: OSError) -> str:

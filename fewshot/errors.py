@@ -19,3 +19,9 @@ class OptionError(FsiadError, ValueError):
 
 class UnsafeFileError(FsiadError, ValueError):
     """A file fsiad refuses to load because loading it could run code or it fails its checksum."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (a ``KeyError``'s key text), else its type."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)

@@ -150,6 +150,24 @@ class OutputLock:
         self.release()
 
 
+def hash_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed in 1 MiB blocks (the one file checksum of fsiad)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(key: Any) -> str:
+    """sha256 of a settings record (JSON, sorted keys): what makes two runs interchangeable."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def mark_output(folder: str | Path) -> None:
     """Write the output marker into ``folder`` (idempotent)."""
     marker = Path(folder) / OUTPUT_MARKER

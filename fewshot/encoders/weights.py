@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fsiad.fewshot.encoders.base import WeightInfo
 from fsiad.fewshot.errors import FsiadError, UnsafeFileError
-from fsiad.fewshot.fileio import atomic_path, atomic_write_text
+from fsiad.fewshot.fileio import atomic_path, atomic_write_text, hash_file
 
 __all__ = [
     "WeightInfo", "WeightSpec", "WeightsNotFoundError", "fsiad_home", "weights_dir", "is_offline",
@@ -122,15 +122,6 @@ def package_file(module: str, relpath: str) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def hash_file(path: str | Path) -> str:
-    """sha256 of a file's bytes, streamed (no memo)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:

@@ -19,12 +19,12 @@ Imports no torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from fsiad.fewshot.errors import FsiadError, UnsafeFileError
+from fsiad.fewshot.fileio import hash_file as sha256_file  # noqa: F401  (re-exported for the runner)
 
 FORMAT = "fsiad-bundle/1"
 BUNDLE_FILE = "bundle.json"
@@ -44,14 +44,6 @@ class UnsafeBundleError(BundleError, UnsafeFileError):
 def is_bundle(path: str | Path) -> bool:
     """Whether ``path`` is a folder holding ``bundle.json`` (``fsiad predict`` dispatches on it)."""
     return (Path(path) / BUNDLE_FILE).is_file()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_bundle(directory: str | Path, verify: bool = True) -> dict[str, Any]:

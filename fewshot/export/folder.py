@@ -17,7 +17,6 @@ importable (always with the Ray engine).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -29,7 +28,14 @@ from typing import Any
 
 import numpy as np
 from fsiad.fewshot.errors import FsiadError
-from fsiad.fewshot.fileio import OutputLock, atomic_path, atomic_write, atomic_write_bytes, atomic_write_json
+from fsiad.fewshot.fileio import (
+    OutputLock,
+    atomic_path,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    fingerprint,
+)
 from fsiad.fewshot.workflow.scores_file import SCORE_FIELDS, decision, pad_row, read_score_rows
 
 STATE_NAME = ".fsiad-run.json"
@@ -48,10 +54,6 @@ class Row:
     name: str
     score: float
     label: int | None = None
-
-
-def fingerprint(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class LightOutput:

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fsiad.fewshot.errors import FsiadError, UnsafeFileError
-from fsiad.fewshot.fileio import atomic_path, atomic_write_json, is_inside
+from fsiad.fewshot.errors import FsiadError, UnsafeFileError, one_line
+from fsiad.fewshot.fileio import atomic_path, atomic_write_json, hash_file, is_inside
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig
 from fsiad.fewshot.workflow.thresholds import Calibration
 
@@ -75,17 +75,6 @@ def method_weights_file(describe: dict[str, Any]) -> dict[str, Any] | None:
     return wf if isinstance(wf, dict) and isinstance(wf.get("sha256"), str) else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-
-
-def _sha256(path: Path) -> str:
-    from fsiad.fewshot.encoders.weights import hash_file
-
-    return hash_file(path)
-
-
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON object file, or ``ModelError`` naming it (missing, unreadable, bad JSON, not an object)."""
     try:
@@ -95,7 +84,7 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); {what}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: unreadable ({_first_line(e)}); {what}") from None
+        raise ModelError(f"{path}: unreadable ({one_line(e)}); {what}") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object, got {type(data).__name__}; {what}")
     return data
@@ -124,7 +113,7 @@ def _write_state(state: dict[str, torch.Tensor], path: Path) -> str:
 
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "fsiad-state/1"})
-        digest = _sha256(tmp)
+        digest = hash_file(tmp)
     return digest
 
 
@@ -190,7 +179,7 @@ def _read_state(directory: Path, meta: dict[str, Any], meta_path: Path) -> dict[
             if is_refusal(e):
                 raise UnsafeModelError(f"{path}: refused: holds Python objects beyond tensors (loading it could "
                                        "run code); refit the model with `fsiad fit`") from None
-            raise ModelError(f"{path}: corrupt state file ({type(e).__name__}: {_first_line(e)}); "
+            raise ModelError(f"{path}: corrupt state file ({type(e).__name__}: {one_line(e)}); "
                              "refit the model with `fsiad fit`") from None
     else:
         path = _state_record(directory, rec, meta_path)
@@ -201,7 +190,7 @@ def _read_state(directory: Path, meta: dict[str, Any], meta_path: Path) -> dict[
 
             state = load_safetensors(data)
         except Exception as e:  # noqa: BLE001 - any parse failure: name the file
-            raise ModelError(f"{path}: corrupt state file ({type(e).__name__}: {_first_line(e)}); "
+            raise ModelError(f"{path}: corrupt state file ({type(e).__name__}: {one_line(e)}); "
                              "refit the model with `fsiad fit`") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
@@ -247,7 +236,7 @@ def read_method_folder(directory: str | Path, **overrides: Any) -> AnomalyMethod
     try:
         cfg = MethodConfig(**config)
     except TypeError as e:
-        raise ModelError(f"{meta_path}: invalid config ({_first_line(e)}); {refit}") from None
+        raise ModelError(f"{meta_path}: invalid config ({one_line(e)}); {refit}") from None
     described = meta.get("describe") or {}
     expected = encoder_identity(described).get("weights_checksum")
     own = method_weights_file(described)  # the method's own --weights file (e.g. a RegAD checkpoint)
@@ -264,13 +253,13 @@ def read_method_folder(directory: str | Path, **overrides: Any) -> AnomalyMethod
         with expect_weights_checksum(allowed, f"the model {directory}"):
             method = create_method(name, cfg)
     except KeyError as e:
-        raise ModelError(f"{meta_path}: {_first_line(e)}; {refit} or install the method's package") from None
+        raise ModelError(f"{meta_path}: {one_line(e)}; {refit} or install the method's package") from None
     state = _read_state(directory, meta, meta_path)
     try:
         method.set_state(state)
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError) as e:
         raise ModelError(f"{directory / _state_name(meta)}: state does not fit {name} "
-                         f"({type(e).__name__}: {_first_line(e)}); {refit}") from None
+                         f"({type(e).__name__}: {one_line(e)}); {refit}") from None
     method.fitted = True
     return method
 
@@ -304,7 +293,7 @@ def _verify_state_checksum(directory: Path, meta: dict[str, Any], meta_path: Pat
             raise ModelError(f"{directory / LEGACY_STATE_FILE}: missing; refit the model with `fsiad fit`")
         return
     path = _state_record(directory, rec, meta_path)
-    _check_state_digest(path, _sha256(path), rec["sha256"])
+    _check_state_digest(path, hash_file(path), rec["sha256"])
 
 
 # -- model.json ------------------------------------------------------------------------------
@@ -315,13 +304,13 @@ def _record_references(refs: list[str], directory: Path, copy: bool) -> list[dic
     keep: set[str] = set()
     for i, ref in enumerate(refs):
         p = Path(os.path.abspath(Path(ref).expanduser()))
-        digest = _sha256(p) if p.is_file() else None
+        digest = hash_file(p) if p.is_file() else None
         rel = None
         if copy and digest is not None:
             ref_dir.mkdir(exist_ok=True)
             rel = f"{REFERENCES_DIR}/{i:04d}-{digest[:12]}{p.suffix.lower()}"
             dst = directory / rel
-            if not (dst.is_file() and _sha256(dst) == digest):
+            if not (dst.is_file() and hash_file(dst) == digest):
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(p, tmp)
             keep.add(Path(rel).name)
@@ -382,7 +371,7 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
             raise TypeError(f"expected an object, got {type(thr).__name__}")
         Calibration.from_dict(thr)
     except (TypeError, ValueError) as e:
-        raise ModelError(f"{path}: invalid 'threshold' record ({_first_line(e)}); {refit}") from None
+        raise ModelError(f"{path}: invalid 'threshold' record ({one_line(e)}); {refit}") from None
     refs = meta.get("references", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         raise ModelError(f"{path}: 'references' must be a list of paths; {refit}")
@@ -417,12 +406,12 @@ def resolve_references(directory: str | Path, meta: dict[str, Any]) -> tuple[lis
         digest, copy, rec = e.get("sha256"), e.get("copy"), Path(e["path"])
         if isinstance(copy, str) and copy:
             c = directory / copy
-            if is_inside(c, directory) and c.is_file() and (digest is None or _sha256(c) == digest):
+            if is_inside(c, directory) and c.is_file() and (digest is None or hash_file(c) == digest):
                 paths.append(str(c.absolute()))
                 status.append("copy")
                 continue
         if rec.is_file():
-            ok = digest is None or _sha256(rec) == digest
+            ok = digest is None or hash_file(rec) == digest
             paths.append(str(rec))
             status.append("recorded" if ok else "changed")
         else:

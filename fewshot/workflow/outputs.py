@@ -62,6 +62,7 @@ from fsiad.fewshot.fileio import (
     atomic_write_bytes,
     atomic_write_json,
     check_out_not_input,
+    fingerprint,
     is_inside,
 )
 from fsiad.fewshot.methods.base import AnomalyMethod
@@ -81,13 +82,6 @@ SUMMARY_FILES = ("report.html", "run.json", "errors.csv")
 
 class OutputExistsError(FsiadError, ValueError):
     """The output folder holds the outputs of a run with different settings."""
-
-
-def fingerprint(key: dict[str, Any]) -> str:
-    """sha256 of the settings ``key`` (JSON, sorted keys)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _score_row(im: ScoredImage, threshold: float | None) -> list[str]:
