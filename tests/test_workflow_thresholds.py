@@ -26,6 +26,7 @@ def test_rule_parse_and_apply():
     s = [0.2, 0.4, 0.9, 0.5]
     assert ThresholdRule.parse("max").apply(s) == 0.9
     assert str(ThresholdRule()) == "tail" and ThresholdRule.parse("TAIL").kind == "tail"
+    assert str(ThresholdRule.parse("fpr")) == "fpr" and ThresholdRule.parse("fpr").fitted
     r = ThresholdRule.parse(" Mean+2.5STD ")
     assert str(r) == "mean+2.5std"
     assert r.apply(s) == pytest.approx(np.mean(s) + 2.5 * np.std(s))
@@ -180,5 +181,9 @@ def test_synthetic_defects_bound_the_threshold(refs):
     old = calibrate_loo(m, refs, ThresholdRule(), synthetic=False)
     assert old.defect_scores == []
     assert old.threshold == pytest.approx(old.fit["tail"]) and old.fit["n_defects"] == 0
+    # --threshold-rule fpr: the same tail fit at the target, the target as the expected rate
+    fpr = calibrate_loo(m, refs, ThresholdRule.parse("fpr"))
+    assert fpr.defect_scores == [] and fpr.rule == "fpr" and fpr.threshold == pytest.approx(old.threshold)
+    assert fpr.expected_fpr == fpr.target_fpr == 0.01 and fpr.threshold >= cal.threshold - 1e-12
     # a defect of every kind is scored above its own reference (PixelDiff sees any change)
     assert all(min(ds) > s for ds, s in zip(cal.defect_scores, cal.loo_scores, strict=True))

@@ -101,24 +101,33 @@ RAISE_MARGIN = 2.0
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How LOO scores become a threshold: ``tail`` (default), ``max`` or ``mean+<k>std``."""
+    """How LOO scores become a threshold: ``tail`` (default), ``fpr``, ``max`` or ``mean+<k>std``.
+
+    ``fpr`` is ``tail`` without the synthetic-defect bound: the robust tail fit at the target
+    false-alarm rate alone (fewer false alarms, fewer defects caught where the two overlap).
+    """
 
     kind: str = DEFAULT_RULE
     k: float = 0.0
 
     @staticmethod
     def parse(text: str) -> ThresholdRule:
-        """``"tail"``, ``"max"`` or ``"mean+3std"`` -> rule; anything else raises ``ValueError``."""
+        """``"tail"``, ``"fpr"``, ``"max"`` or ``"mean+3std"`` -> rule; anything else raises ``ValueError``."""
         text = text.strip().lower().replace(" ", "")
-        if text in ("tail", "max"):
+        if text in ("tail", "fpr", "max"):
             return ThresholdRule(text)
         m = _MEAN_STD.match(text)
         if m:
             return ThresholdRule("mean_std", float(m.group(1)))
-        raise ValueError(f"unknown threshold rule {text!r}; use 'tail', 'max' or 'mean+<k>std' (e.g. mean+3std)")
+        raise ValueError(f"unknown threshold rule {text!r}; use 'tail', 'fpr', 'max' or 'mean+<k>std' (e.g. mean+3std)")
 
     def __str__(self) -> str:
-        return {"max": "max", "tail": "tail"}.get(self.kind, f"mean+{self.k:g}std")
+        return {"max": "max", "tail": "tail", "fpr": "fpr"}.get(self.kind, f"mean+{self.k:g}std")
+
+    @property
+    def fitted(self) -> bool:
+        """Rules that fit the normal tail and state a false-alarm rate (``tail``, ``fpr``)."""
+        return self.kind in ("tail", "fpr")
 
     def apply(self, scores: Sequence[float], target_fpr: float = DEFAULT_TARGET_FPR, n_groups: int | None = None
               ) -> float:
@@ -128,7 +137,7 @@ class ThresholdRule:
             raise ValueError("no leave-one-out scores to calibrate on")
         if self.kind == "max":
             return float(s.max())
-        if self.kind == "tail":
+        if self.fitted:
             return tail_fit(s, target_fpr, n_groups)["threshold"]
         return float(s.mean() + self.k * s.std())
 
@@ -381,7 +390,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
     odd = find_outliers(per_ref)
     outliers = [{"index": i, "path": paths[i], "score": scores[i], "robust_z": round(z, 2),
                  "advice": "check this part; if it is not a good, typical part, replace it in the normal folder "
-                           "(it was left out of the threshold fit)" if rule.kind == "tail" else
+                           "(it was left out of the threshold fit)" if rule.fitted else
                            "check this part; if it is not a good, typical part, replace it in the normal folder "
                            "(with this rule it still sets the threshold; the default rule 'tail' leaves it out)"}
                 for i, z in odd]
@@ -389,7 +398,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
     image_samples = [v for i in keep for v in (scores[i], *views[i])]
     pixel_samples = [v for i in keep for v in map_max[i]]
     fit: dict[str, Any] = {}
-    if rule.kind == "tail":
+    if rule.fitted:
         defect_samples = [v for i in keep if i < len(defects) for v in defects[i]]
         fit = bounded_threshold(image_samples, defect_samples, target_fpr, len(keep))
         value = fit["threshold"]
@@ -415,7 +424,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         pixel_value = rule.apply([m[0] for m in map_max])
         desc = (f"threshold {value:.6g} = {rule} of {len(scores)} leave-one-out scores of the normal references "
                 f"(each scored by a model fitted on the other {len(refs) - 1}); no false-alarm rate stated")
-    tail = rule.kind == "tail"
+    tail = rule.fitted
     return Calibration(value, "loo", str(rule), desc, scores, target_fpr if tail else None,
                        fit["expected_fpr"] if tail else None, views, outliers, fit, float(pixel_value),
                        float(np.median([map_med[i] for i in keep])), paths, defects if tail else [])
