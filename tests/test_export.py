@@ -187,3 +187,17 @@ def test_padim_bundle_matches_torch(tree: dict[str, Path], tmp_path: Path) -> No
     scores, maps = BundleModel.load(tmp_path / "b", batch_size=3).score_arrays(images)
     np.testing.assert_allclose(scores, want.image_scores.numpy(), rtol=1e-4)
     np.testing.assert_allclose(maps, want.anomaly_maps.numpy(), rtol=1e-4, atol=1e-4 * float(maps.max()))
+
+
+def test_knn_global_term_exported_and_checked(tree: dict[str, Path], tmp_path: Path):
+    """knn's image-level term travels in the bundle; export's self-check (scores within 1e-4 of
+    torch) passes, and the bundle's scores move with the term."""
+    import json
+
+    model = fit_model(tree, "knn", tmp_path / "model", {**knn_square(), "preset": "mid", "global_term": "on"})
+    res = run_cli("export", "--model", model, "--out", tmp_path / "bundle")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    g = meta["scoring"]["global"]
+    assert g["unit"] > 0 and g["mean"] > 0 and (tmp_path / "bundle" / "global_memory.npy").exists()
+    assert meta["check"]["max_score_diff"] <= 1e-4

@@ -82,7 +82,8 @@ def test_selfconfig_deterministic_and_blind_to_test_labels():
     m2 = _random_knn().fit(refs)
     assert m1.selfconfig["chosen"] == m2.selfconfig["chosen"]
     assert m1.selfconfig["candidates"] == m2.selfconfig["candidates"]
-    assert set(m1.selfconfig["candidates"]) == {"mid", "last", "mid+last"}
+    assert set(m1.selfconfig["candidates"]) == {"mid", "last", "mid+last", "mid+global", "last+global",
+                                                "mid+last+global"}
     # fit takes no labels at all; scoring a labelled test set in any order (or permuting the
     # labels) leaves the fitted choice and the state untouched
     test = _refs(4, 70, 56)
@@ -137,7 +138,9 @@ def test_fixed_presets_reachable_and_square_reproduces_old_default():
 def test_large_images_get_a_larger_working_side():
     m = _random_knn(max_side=112)
     assert m.choose_work_side([(460, 1130)] * 4) == 112  # capped by max_side
-    assert m.choose_work_side([(60, 60)] * 4) == 56
+    # a 60 px image: an 8 px defect (default min_defect_px) should cover a 14 px patch -> enlarged
+    assert m.choose_work_side([(60, 60)] * 4) == 112
+    assert _random_knn(max_side=112, min_defect_px=24).choose_work_side([(60, 60)] * 4) == 56
     sq = _random_knn(geometry="square")
     assert sq.choose_work_side([(460, 1130)]) == 56
 
@@ -150,7 +153,7 @@ def test_real_dinov2_selfconfig_on_wide_synthetic():
     parts = render_category("wide", 92, 3, 2, 2, 0)
     m = create_method("knn", MethodConfig(image_size=112, options={"budget": 8}))
     m.fit(NativeBatch.from_arrays([i for i, _ in parts.pop("train")]))
-    assert m.selfconfig["chosen"] in ("mid", "last", "mid+last")
+    assert m.selfconfig["chosen"] in ("mid", "mid+last", "mid+global", "mid+last+global")
     items = [(i, int(g != "good")) for g, lst in parts.items() for i, _ in lst]
     r = m.predict(NativeBatch.from_arrays([i for i, _ in items]))
     assert r.anomaly_maps.shape == (4, 112, 112) and torch.isfinite(r.image_scores).all()
@@ -178,7 +181,7 @@ def test_calibration_refits_use_the_full_fit_configuration(tmp_path):
 
     def spy(self, images):
         original(self, images)
-        seen.append((dict(self.weights), dict(self.norm), self.work_side))
+        seen.append((dict(self.weights), dict(self.norm), self.work_side, self.global_norm))
 
     type(m)._fit = spy
     try:
@@ -191,3 +194,48 @@ def test_calibration_refits_use_the_full_fit_configuration(tmp_path):
     test = _refs(2, 70, 56)
     assert torch.equal(m.predict(test).image_scores, plain.predict(test).image_scores)
     assert cal.threshold is not None and len(cal.loo_scores) == 4
+
+
+def test_global_term_kept_only_when_it_earns_its_place():
+    from fsiad.fewshot.methods.knn_auto import choose, global_helps
+
+    def r(local, glob):
+        return {"local": local, "global": glob, "score": (local + glob) / 2, "dprime": 1.0}
+
+    # a texture: the term removes all global errors at no local cost -> chosen
+    tex = {"mid": r(0.87, 0.84), "mid+global": r(0.89, 1.0), "mid+last": r(0.88, 0.84),
+           "mid+last+global": r(0.88, 0.97)}
+    assert global_helps(tex, "mid+global") and choose(tex) == "mid+global"
+    # varied normals: a partial gain (a third of the errors) with a local cost -> the base wins,
+    # although the +global candidate has the higher mean validation AUROC
+    var = {"mid": r(0.96, 0.75), "mid+global": r(0.93, 0.85), "mid+last": r(0.94, 0.73),
+           "mid+last+global": r(0.93, 0.83)}
+    assert var["mid+global"]["score"] > var["mid"]["score"]
+    assert not global_helps(var, "mid+global") and choose(var) == "mid"
+    # a full gain that costs the local defects too much is refused as well
+    assert not global_helps({"mid": r(0.95, 0.8), "mid+global": r(0.90, 1.0)}, "mid+global")
+    assert global_helps(var, "mid")  # bases always qualify
+
+
+def test_global_term_on_scores_state_and_export(tmp_path):
+    refs = _refs(3)
+    on = _random_knn(preset="mid", global_term="on").fit(refs)
+    off = _random_knn(preset="mid").fit(refs)
+    assert on.global_memory is not None and on.global_memory.shape[0] == 3 * 4  # one per view (flips)
+    assert off.global_memory is None and "global" not in off.describe()
+    unit, mean = on.global_norm
+    assert unit > 0 and mean > 0 and on.describe()["configuration"] == "mid+global"
+    # a reference itself has global distance 0: its score drops by exactly `unit` against `off`
+    s_on, s_off = on.predict(refs[:1]).image_scores, off.predict(refs[:1]).image_scores
+    assert torch.allclose(s_on - s_off, torch.tensor([-unit]), atol=1e-4)
+    # an image-wide change raises the score by more than a reference's
+    dark = NativeBatch([(refs.images[0].float() * 0.4).byte()], refs.sizes[:1])
+    assert float(on.predict(dark).image_scores - off.predict(dark).image_scores) > -unit + 1e-3
+    on.save(tmp_path / "model")
+    from fsiad.fewshot.methods.base import AnomalyMethod
+
+    loaded = AnomalyMethod.load(tmp_path / "model", allow_random=True)
+    assert loaded.global_norm == on.global_norm and torch.equal(loaded.global_memory, on.global_memory)
+    assert torch.equal(loaded.predict(dark).image_scores, on.predict(dark).image_scores)
+    off_auto = _random_knn(global_term="off").fit(refs)
+    assert not any(c.endswith("+global") for c in off_auto.selfconfig["candidates"])

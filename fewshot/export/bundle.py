@@ -9,6 +9,8 @@ Layout of a bundle folder::
                        or [N, h*w, d] (padim)
     memory_<i>.npy     knn: memory bank of member i [M, C] float32 (cosine: rows L2-normalised);
                        grid = sum over members of weight * (distance - loc) / scale
+    global_memory.npy  knn with the image-level term: the references' mean features [V, C];
+                       score += unit * (nearest distance of the image's mean feature / mean - 1)
     memory.npy         patchcore: coreset memory bank [M, C] float32
     mean.npy, chol_inv.npy   padim: per-position mean [P, d] and inverse Cholesky factor [P, d, d]
 

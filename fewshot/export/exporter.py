@@ -112,8 +112,15 @@ def _arrays(method: Any, kind: str) -> tuple[dict[str, np.ndarray], dict[str, An
             arrays[f"memory_{i}"] = memory.numpy()
             members.append({"name": name, "output": i, "memory": f"memory_{i}", "layers": [str(x) for x in layers],
                             "weight": weight, "loc": loc, "scale": scale})
-        return arrays, {"metric": metric, "k": int(opts["k"]), "top_fraction": float(opts["top_fraction"]),
-                        "sigma": float(opts["sigma"]), "members": members}
+        settings = {"metric": metric, "k": int(opts["k"]), "top_fraction": float(opts["top_fraction"]),
+                    "sigma": float(opts["sigma"]), "members": members}
+        if getattr(method, "global_memory", None) is not None:  # the image-level term (knn_auto.global_adjust)
+            arrays["global_memory"] = method.global_memory.detach().float().numpy()
+            names = [m["name"] for m in members]
+            unit, mean = method.global_norm
+            settings["global"] = {"output": names.index(method._map_member()), "memory": "global_memory",
+                                  "unit": float(unit), "mean": float(mean)}
+        return arrays, settings
     return ({"memory": method.memory.detach().float().numpy()},
             {"metric": "l2", "reweight_b": int(opts["reweight_b"]), "sigma": float(opts["sigma"])})
 

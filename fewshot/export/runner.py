@@ -120,6 +120,8 @@ class BundleModel:
                 g = float(m["weight"]) * z[m["name"]]
                 grid = g if grid is None else grid + g
             scores = scoring.topk_mean(grid, float(sc["top_fraction"]))
+            if sc.get("global"):
+                scores = scores + self.global_term(outs[int(sc["global"]["output"])])
             map_grid = z[sc["map"]] if sc.get("map", "sum") != "sum" else grid
             return scores, scoring.upsample_blur(map_grid, size, float(sc["sigma"]))
         else:
@@ -131,6 +133,17 @@ class BundleModel:
             scores = scoring.patchcore_scores(f.reshape(n, h * w, c), grid.reshape(n, -1), i[:, 0].reshape(n, -1),
                                               memory, msq, int(sc["reweight_b"]))
         return scores, scoring.upsample_blur(grid, size, float(sc["sigma"]))
+
+    def global_term(self, feats: np.ndarray) -> np.ndarray:
+        """knn's image-level term: each image's mean feature against the references' (nearest,
+        Euclidean), as ``unit * (distance / mean - 1)``."""
+        g = self.sc["global"]
+        n, c = feats.shape[0], feats.shape[-1]
+        vec = feats.reshape(n, -1, c).astype(np.float64).mean(1)
+        mem = self.arrays[g["memory"]].astype(np.float64)
+        d2 = (vec * vec).sum(1)[:, None] - 2 * vec @ mem.T + (mem * mem).sum(1)[None]
+        d = np.sqrt(np.maximum(d2, 0.0)).min(1)
+        return (float(g["unit"]) * (d / max(float(g["mean"]), 1e-12) - 1.0)).astype(np.float32)
 
     def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB images (any sizes) -> ``(scores [N], maps [N, S, S])``."""

@@ -29,9 +29,19 @@ from fsiad.fewshot.ops.smoothing import gaussian_blur
 
 #: side cap of the images ``prepare`` keeps (equal-area), so later working sizes can be chosen
 PREPARE_CAP = 768
-#: candidate configurations, in order of preference on ties
-CANDIDATES = ("mid+last", "mid", "last")
+#: patch-member combinations, in order of preference on ties
+BASES = ("mid+last", "mid", "last")
 CANDIDATE_MEMBERS = {"mid+last": ("mid", "last"), "mid": ("mid",), "last": ("last",)}
+#: suffix of the candidates that add the image-level (global) term
+GLOBAL = "+global"
+#: candidate configurations: the patch bases, then each with the global term (saved models
+#: store one validation row per candidate in this order; older models have the first three)
+CANDIDATES = (*BASES, *(b + GLOBAL for b in BASES))
+
+
+def split_candidate(cand: str) -> tuple[str, bool]:
+    """``"mid+global"`` -> ``("mid", True)``; ``"mid+last"`` -> ``("mid+last", False)``."""
+    return (cand[: -len(GLOBAL)], True) if cand.endswith(GLOBAL) else (cand, False)
 
 
 def native_shape(h: int, w: int, side: int, patch: int, max_aspect: float = 4.0) -> tuple[int, int]:
@@ -193,16 +203,66 @@ def separation(normal: torch.Tensor, local: torch.Tensor, glob: torch.Tensor) ->
 #: alone localises poorly (a defect shifts every token), and synthetic defects are easy enough
 #: that local ones rarely separate the candidates, so it would often win on global defects
 #: alone and give maps of no use; it is still validated and reported.
-CHOOSABLE = ("mid+last", "mid")
+CHOOSABLE = ("mid+last", "mid", "mid+last" + GLOBAL, "mid" + GLOBAL)
+
+
+#: the global term is kept only when it removes at least this share of the synthetic global
+#: defects' ranking errors of its base (``(AUROC_with - AUROC_without) / (1 - AUROC_without)``)
+GLOBAL_MIN_GAIN = 0.5
+#: ... and costs the local defects' AUROC at most this much
+GLOBAL_MAX_LOCAL_LOSS = 0.02
+
+
+def global_helps(results: dict[str, dict[str, float]], cand: str) -> bool:
+    """Whether a ``+global`` candidate earns its term against its base.
+
+    Image-level statistics separate texture-wide changes almost perfectly where the normal
+    appearance is homogeneous (a texture: the term removes nearly all the global errors); where
+    normals vary (several part types), the term trades noise for a partial gain, which the
+    real, mostly local, defects then pay for. Synthetic global defects are always caught
+    better with the term, so the bar is relative, not "any gain".
+    """
+    base, with_global = split_candidate(cand)
+    if not with_global:
+        return True
+    if base not in results:
+        return False
+    b, g = results[base], results[cand]
+    headroom = 1.0 - b["global"]
+    gain = (g["global"] - b["global"]) / headroom if headroom > 1e-9 else 0.0
+    return gain >= GLOBAL_MIN_GAIN and g["local"] >= b["local"] - GLOBAL_MAX_LOCAL_LOSS
 
 
 def choose(results: dict[str, dict[str, float]], tol: float = 0.005) -> str:
-    """Best ``CHOOSABLE`` candidate by ``score``; within ``tol`` of the best, the one with the
-    largest margin (``dprime``), then the first in ``CANDIDATES`` order, wins."""
-    pool = [c for c in CANDIDATES if c in results and c in CHOOSABLE] or [c for c in CANDIDATES if c in results]
+    """Best ``CHOOSABLE`` candidate by ``score`` among those whose global term earns its place
+    (``global_helps``); within ``tol`` of the best, the one with the largest margin
+    (``dprime``), then the first in ``CANDIDATES`` order, wins."""
+    pool = [c for c in CANDIDATES if c in results and c in CHOOSABLE and global_helps(results, c)]
+    pool = pool or [c for c in CANDIDATES if c in results]
     best = max(results[c]["score"] for c in pool)
     tied = [c for c in pool if results[c]["score"] >= best - tol]
     return max(tied, key=lambda c: (results[c]["dprime"], -CANDIDATES.index(c)))
+
+
+def pooled(feat: torch.Tensor) -> torch.Tensor:
+    """Fused patch features ``[h, w, C]`` -> the image's mean feature ``[C]`` (the global term's vector)."""
+    return feat.reshape(-1, feat.shape[-1]).mean(0)
+
+
+def global_distance(vectors: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each mean feature ``[N, C]`` to the nearest reference mean feature ``[M, C]``."""
+    return torch.cdist(vectors.float()[None], memory.float()[None])[0].min(1).values
+
+
+def global_adjust(distance: torch.Tensor, unit: float, mean: float) -> torch.Tensor:
+    """The global term in the patch score's units: ``unit * (distance / mean - 1)``.
+
+    ``mean`` is the references' own leave-one-out global distance and ``unit`` their
+    leave-one-out patch score measured from the score of a zero-distance image, so the image
+    score becomes ``unit * (patch ratio + global ratio - 1) + const``: the sum of the two
+    scores, each as a multiple of what a held-out reference gets (1 = typical).
+    """
+    return unit * (distance / max(mean, 1e-12) - 1.0)
 
 
 def image_scores(grids: list[torch.Tensor], fraction: float) -> torch.Tensor:
