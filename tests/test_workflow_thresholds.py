@@ -187,3 +187,15 @@ def test_synthetic_defects_bound_the_threshold(refs):
     assert fpr.expected_fpr == fpr.target_fpr == 0.01 and fpr.threshold >= cal.threshold - 1e-12
     # a defect of every kind is scored above its own reference (PixelDiff sees any change)
     assert all(min(ds) > s for ds, s in zip(cal.defect_scores, cal.loo_scores, strict=True))
+
+
+def test_lighting_views_only_for_lighting_invariant_methods(refs, monkeypatch):
+    """A method that scores image-wide shifts as defects (knn's global term) is calibrated on
+    the references' leave-one-out scores alone, without lighting views."""
+    m = create_method("wf_pixdiff", MethodConfig())
+    with_views = calibrate_loo(m, refs, ThresholdRule())
+    assert all(len(v) == 6 for v in with_views.view_scores)
+    monkeypatch.setattr(type(m), "lighting_invariant", property(lambda self: False))
+    plain = calibrate_loo(m, refs, ThresholdRule())
+    assert plain.view_scores == [[] for _ in refs] and plain.loo_scores == pytest.approx(with_views.loo_scores)
+    assert plain.fit["n_samples"] == len(refs) and "no lighting views" in plain.description

@@ -123,6 +123,14 @@ class AnomalyMethod(ABC):
     def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
         raise NotImplementedError
 
+    @property
+    def lighting_invariant(self) -> bool:
+        """Whether small image-wide lighting changes (gain, gamma) of a normal part are normal to
+        this method as fitted. The threshold calibration adds such views of the references to the
+        normal samples only when they are; a method that scores image-wide shifts as defects
+        (knn's global term) says ``False``."""
+        return True
+
     def prepare(self, samples: Sequence[Sample]) -> Any:
         """Load and preprocess dataset samples into what ``fit`` / ``predict`` take.
 

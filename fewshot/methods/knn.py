@@ -273,6 +273,12 @@ class PatchKNN(AnomalyMethod):
         return -sum(norm[m][0] / norm[m][1] for m in members if m in norm) / len(members)
 
     @property
+    def lighting_invariant(self) -> bool:
+        """``False`` with the global term: it was chosen because image-wide shifts separate as
+        defects (its validation counts colour and contrast shifts as defects)."""
+        return self.global_norm is None
+
+    @property
     def memory(self) -> torch.Tensor | None:
         """The memory bank of a single-member configuration (``None`` before fit)."""
         if not self.memories:

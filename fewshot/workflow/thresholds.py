@@ -374,7 +374,9 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         rest = [r for j, r in enumerate(refs) if j != i]
         torch.manual_seed(seed)
         method.fit(method.prepare(rest) if rest else None)
-        held = with_views(method.prepare([refs[i]]), seed + i)
+        held = method.prepare([refs[i]])
+        if method.lighting_invariant:  # else lighting views are not normal samples for this method
+            held = with_views(held, seed + i)
         res = method.predict(held)
         s = [float(v) for v in res.image_scores]
         maps = res.anomaly_maps.detach().cpu().float().flatten(1)
@@ -416,7 +418,8 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         how["raised"] = how["defects"]
         how = how[fit["bound"]]
         desc = (f"threshold {value:.6g} = {how}; normals: {len(image_samples)} leave-one-out scores "
-                f"({len(keep)} reference(s) x {1 + len(views[0])} views"
+                + (f"({len(keep)} reference(s) x {1 + len(views[0])} views" if views[0] else
+                   f"({len(keep)} reference(s), no lighting views: the method scores image-wide shifts")
                 + (f"; {len(outliers)} odd reference(s) left out" if outliers else "")
                 + f"); expected false-alarm rate {fit['expected_fpr']:.3g}; pixel threshold {pixel_value:.6g}")
     else:
