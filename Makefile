@@ -9,7 +9,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(FSIAD) score --shots 4 --demo textile --option "layers=[11]" --out runs/demo
+	$(FSIAD) score --shots 4 --demo textile --out runs/demo
 
 test: setup
 	$(TEST_ENV) $(VENV)/bin/python -m pytest -p no:dash -q -m "not slow" tests

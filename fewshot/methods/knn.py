@@ -179,9 +179,10 @@ class PatchKNN(AnomalyMethod):
     differ by less than 0.015; top 1% stays, as AnomalyDINO. Keeping each image's aspect ratio (equal-area resize to ~224^2 on a 14-px grid; magnetic_tile
     crops range from 2.7:1 to 1:2.8) raised 4-shot image AUROC with flips to 0.831 (seeds 0-2:
     0.796 / 0.849 / 0.850) in an offline experiment; it is now ``geometry="native"``. The
-    default (``auto``, native) measured 0.819 / 0.701 / 0.707 on magnetic_tile and 0.676 on the
-    textile set (against 0.599 for the former default and 0.758 for ``layers=[11]``); see
-    ``bench/results/82_selfconfig.json``.
+    default (``auto``, native, enlarged, global term as a candidate) measured 0.843 / 0.695 /
+    0.739 on magnetic_tile and 0.903 on the textile set (0.983 / 0.988 / 0.738 by seed; the
+    former default 0.810 and 0.599); on a wide synthetic set with local defects the global term
+    costs image AUROC (0.958 against 0.998 without it); see ``bench/results/82_selfconfig.json``.
 
     Options (``MethodConfig.options``): ``preset`` (``auto``), ``geometry`` (``native``),
     ``global_term`` (``auto``), ``min_defect_px`` 8, ``max_side`` 448, ``seed`` 0 and ``budget`` 32 (synthetic defects of

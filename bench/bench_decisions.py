@@ -1,0 +1,97 @@
+"""Decisions at the calibrated threshold (no ``--threshold``): recall, false alarms, F1 against F1-max.
+
+Run from the repository root (2 CPU cores; one at a time)::
+
+    OMP_WAIT_POLICY=PASSIVE python -m bench.bench_decisions [--sets demo magnetic_tile object] [--seeds 0,1,2]
+
+Each row is the real ``fsiad score --shots 4`` command (default method and threshold rule,
+no ``-o``) on one set and seed; recall and the false-alarm rate are read from the run's
+``scores.csv`` decisions against the labels (folder names), F1-max over every threshold of the
+same scores. ``object`` is the synthetic MVTec-layout set of ``bench.bench_selfconfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "runs" / "bench_decisions"
+FSIAD = str(ROOT / ".venv" / "bin" / "fsiad")
+MAGNETIC = Path("/work/shared/data/magnetic_tile")
+SYNTH = ROOT / "runs" / "bench_selfconfig" / "data"
+ENV = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+
+
+def command(name: str, seed: int, out: Path) -> list[str]:
+    base = [FSIAD, "score", "--shots", "4", "--seed", str(seed), "--out", str(out), "-q", "--overwrite"]
+    if name == "demo":
+        return [*base, "--demo", "textile"]
+    if name == "magnetic_tile":
+        return [*base, "--normal", str(MAGNETIC / "train" / "good"), str(MAGNETIC / "test")]
+    folder = SYNTH / name
+    return [*base, "--normal", str(folder / "train" / "good"), str(folder / "test")]
+
+
+def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    y = labels[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(1 - y)
+    f1 = 2 * tp / (tp + fp + y.sum())
+    return float(f1.max())
+
+
+def measure(name: str, seed: int) -> dict:
+    out = OUT / f"{name}{seed}"
+    t = time.perf_counter()
+    subprocess.run(command(name, seed, out), check=True, env=ENV, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["label"] in ("0", "1")]
+    s = np.array([float(r["score"]) for r in rows])
+    y = np.array([int(r["label"]) for r in rows])
+    flag = np.array([r["decision"] == "anomalous" for r in rows])
+    tp, fp = int((flag & (y == 1)).sum()), int((flag & (y == 0)).sum())
+    recall, fpr = tp / max(int(y.sum()), 1), fp / max(int((y == 0).sum()), 1)
+    f1 = 2 * tp / max(2 * tp + fp + int(y.sum()) - tp, 1)
+    rec = json.loads((out / "run.json").read_text())
+    th = rec["threshold"]
+    fit = th.get("fit") or {}
+    return {"set": name, "seed": seed, "threshold": th["threshold"], "set_by": fit.get("bound", th.get("rule")),
+            "expected_fpr": th.get("expected_fpr"), "recall": recall, "fpr": fpr, "f1": f1,
+            "f1_max": f1_max(s, y), "auroc": (rec.get("metrics") or {}).get("image_auroc"),
+            "flagged": f"{rec['n_flagged']} of {rec['n_scored']}",
+            "configuration": rec["method"].get("configuration"), "wall_s": round(wall, 1),
+            "command": " ".join(command(name, seed, Path(f"runs/{name}{seed}"))[0:]).replace(str(ROOT) + "/", "")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", nargs="+", default=["demo", "magnetic_tile", "object"])
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args()
+    if "object" in args.sets and not (SYNTH / "object").exists():
+        from bench.bench_selfconfig import make_data
+
+        make_data()
+    results = []
+    for name in args.sets:
+        for seed in (int(x) for x in args.seeds.split(",")):
+            r = measure(name, seed)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    print(f"{'set':14s} seed  recall   FPR   F1/F1max  AUROC  set_by   configuration")
+    for r in results:
+        print(f"{r['set']:14s} {r['seed']:4d}  {r['recall']:.2f}  {r['fpr']:.3f}  {r['f1'] / max(r['f1_max'], 1e-9):.2f}"
+              f"      {r['auroc'] or float('nan'):.3f}  {r['set_by']:8s} {r['configuration']}")
+
+
+if __name__ == "__main__":
+    main()
