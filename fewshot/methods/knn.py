@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from fsiad.fewshot.data.defects import LOCAL_KINDS
 from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
 from fsiad.fewshot.methods.knn_auto import (
@@ -423,21 +424,18 @@ class PatchKNN(AnomalyMethod):
         self.global_memory = (torch.stack([pooled(f[gname]) for f in feats])
                               if self.global_norm is not None else None)
 
-    def _loo_memories(self, per_ref: list[list[dict[str, torch.Tensor]]], i: int, names: list[str]
-                      ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """Memory without reference ``i`` and the held-out views; with one reference, the
-        held-out view is its identity and the memory its other views."""
-        held, rest = self._loo_split(per_ref, i)
-        mem = {n: torch.cat([f[n].reshape(-1, f[n].shape[-1]) for f in rest]) for n in names}
-        return mem, held
-
     @staticmethod
-    def _loo_split(per_ref: list[list[dict[str, torch.Tensor]]], i: int
-                   ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
-        """(held-out views of reference ``i``, the other references' views)."""
+    def _loo_split(per_ref: list[list[dict[str, torch.Tensor]]], i: int, names: list[str]
+                   ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """(memory of ``names`` without reference ``i``, its held-out views, the other
+        references' views); with one reference, the held-out view is its identity and the
+        memory its other views."""
         if len(per_ref) == 1:
-            return per_ref[0][:1], per_ref[0][1:]
-        return per_ref[i], [f for j, fs in enumerate(per_ref) if j != i for f in fs]
+            held, rest = per_ref[0][:1], per_ref[0][1:]
+        else:
+            held, rest = per_ref[i], [f for j, fs in enumerate(per_ref) if j != i for f in fs]
+        mem = {n: torch.cat([f[n].reshape(-1, f[n].shape[-1]) for f in rest]) for n in names}
+        return mem, held, rest
 
     def _loo_norm(self, per_ref, names) -> dict[str, tuple[float, float]]:
         """Per member, mean and std of the held-out references' patch distances (leave-one-out)."""
@@ -445,7 +443,7 @@ class PatchKNN(AnomalyMethod):
             return {}
         dist: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for i in range(min(len(per_ref), 4)):
-            mem, held = self._loo_memories(per_ref, i, names)
+            mem, held, _ = self._loo_split(per_ref, i, names)
             for f in held:
                 for n in names:
                     dist[n].append(self._grid(f[n], mem[n]).flatten())
@@ -464,8 +462,7 @@ class PatchKNN(AnomalyMethod):
         fraction = self._fraction()
         patch, dist = [], []
         for i in range(min(len(per_ref), 4)):
-            mem, held = self._loo_memories(per_ref, i, names)
-            _, rest = self._loo_split(per_ref, i)
+            mem, held, rest = self._loo_split(per_ref, i, names)
             gmem = torch.stack([pooled(f[gname]) for f in rest])
             for f in held:
                 grid, _ = self._combine(f, mem, self.weights, self.norm)
@@ -498,8 +495,7 @@ class PatchKNN(AnomalyMethod):
         seed = int(self.opts["seed"])
         order = sorted(range(len(refs)), key=lambda i: image_seed(refs[i], seed))  # independent of input order
         for j, i in enumerate(order[:n_held]):
-            mem, held = self._loo_memories(per_ref, i, names)
-            _, rest = self._loo_split(per_ref, i)
+            mem, held, rest = self._loo_split(per_ref, i, names)
             gmem = torch.stack([pooled(f[gname]) for f in rest])
             synth = synth_defects(refs[i], plan[j], seed)
             dfeats = self._encode([x for x, _ in synth], names)
@@ -514,7 +510,7 @@ class PatchKNN(AnomalyMethod):
         for n in names:
             d = torch.cat([g.flatten() for g in normal[n]])
             norm[n] = (float(d.mean()), max(float(d.std()), 1e-6))
-        local = torch.tensor([k in ("cutpaste", "blend", "scratch", "blob") for k in kinds])
+        local = torch.tensor([k in LOCAL_KINDS for k in kinds])
         term = self.opts["global_term"]
         results, gnorms = {}, {}
         for cand in CANDIDATES:
