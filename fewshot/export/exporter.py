@@ -117,9 +117,9 @@ def _arrays(method: Any, kind: str) -> tuple[dict[str, np.ndarray], dict[str, An
         if getattr(method, "global_memory", None) is not None:  # the image-level term (knn_auto.global_adjust)
             arrays["global_memory"] = method.global_memory.detach().float().numpy()
             names = [m["name"] for m in members]
-            unit, mean = method.global_norm
+            unit, mean, clip = method.global_norm
             settings["global"] = {"output": names.index(method._map_member()), "memory": "global_memory",
-                                  "unit": float(unit), "mean": float(mean)}
+                                  "unit": float(unit), "mean": float(mean), "clip": bool(clip)}
         return arrays, settings
     return ({"memory": method.memory.detach().float().numpy()},
             {"metric": "l2", "reweight_b": int(opts["reweight_b"]), "sigma": float(opts["sigma"])})

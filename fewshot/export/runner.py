@@ -136,14 +136,17 @@ class BundleModel:
 
     def global_term(self, feats: np.ndarray) -> np.ndarray:
         """knn's image-level term: each image's mean feature against the references' (nearest,
-        Euclidean), as ``unit * (distance / mean - 1)``."""
+        Euclidean), as ``unit * max(distance / mean - 1, 0)`` (without ``clip``: not clipped)."""
         g = self.sc["global"]
         n, c = feats.shape[0], feats.shape[-1]
         vec = feats.reshape(n, -1, c).astype(np.float64).mean(1)
         mem = self.arrays[g["memory"]].astype(np.float64)
         d2 = (vec * vec).sum(1)[:, None] - 2 * vec @ mem.T + (mem * mem).sum(1)[None]
         d = np.sqrt(np.maximum(d2, 0.0)).min(1)
-        return (float(g["unit"]) * (d / max(float(g["mean"]), 1e-12) - 1.0)).astype(np.float32)
+        r = d / max(float(g["mean"]), 1e-12) - 1.0
+        if g.get("clip", False):
+            r = np.maximum(r, 0.0)
+        return (float(g["unit"]) * r).astype(np.float32)
 
     def score_arrays(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB images (any sizes) -> ``(scores [N], maps [N, S, S])``."""

@@ -134,17 +134,18 @@ class PatchKNN(AnomalyMethod):
     references' own leave-one-out patch distances), each with or without the image-level
     ``global`` term: the Euclidean distance of the image's mean ``mid`` feature to the nearest
     reference view's, divided by the references' leave-one-out mean, added to the image score
-    in its units (``knn_auto.global_adjust``; texture-wide changes move the mean feature where no
-    single patch stands out). All candidates share one encoder forward. ``fit`` builds
+    in its units when it exceeds that mean (``knn_auto.global_adjust``, clipped at 0: ordinary
+    images get nothing added; texture-wide changes move the mean feature where no single patch
+    stands out). All candidates share one encoder forward. ``fit`` builds
     ``budget`` (32) synthetic defects (``fsiad.fewshot.data.defects``, half local, half global)
-    on up to 4 held-out references, scores each candidate by the image AUROC of held-out normals
-    (their flipped views included) against the local and against the global defects, and keeps
-    the best of ``mid``, ``mid+last`` and their ``+global`` variants by the mean of the two
-    (within 0.005: the larger normalised margin). A ``+global`` candidate qualifies only when the
-    term removes at least half of its base's global-defect ranking errors at a local cost of at
-    most 0.02 AUROC (``knn_auto.global_helps``): on a homogeneous texture it makes synthetic
-    global defects separable (textile: +0.16 to +0.24 AUROC, to 1.0), on varied parts it only
-    trades noise for part of the gain (magnetic_tile: +0.05 to +0.10, and real defects there
+    on up to 4 held-out references and scores each candidate by the image AUROC of held-out
+    normals (their flipped views included) against the local and against the global defects.
+    The patch base (``mid`` or ``mid+last``) is chosen on the local defects (the map's job;
+    within 0.005, the better mean of both kinds); its ``+global`` variant is then kept only when
+    the term removes at least half of the base's global-defect ranking errors at a local cost of
+    at most 0.02 AUROC (``knn_auto.choose``, ``global_helps``): on a homogeneous texture it makes
+    synthetic global defects separable (textile: +0.16 to +0.24 AUROC, to 1.0), on varied parts
+    it only trades noise for part of the gain (magnetic_tile: +0.05 to +0.10, and real defects
     are local). ``last`` alone is validated and reported but not chosen (its maps do not
     localise). The map comes from the mid blocks when they are a member. The choice, the
     candidates' validation AUROCs and the seconds it took are in ``describe()["selfconfig"]``
@@ -226,7 +227,7 @@ class PatchKNN(AnomalyMethod):
         self.selfconfig: dict[str, Any] | None = None
         #: image-level term: reference mean features [V, C] and (unit, mean) normalisation
         self.global_memory: torch.Tensor | None = None
-        self.global_norm: tuple[float, float] | None = None
+        self.global_norm: tuple[float, float, float] | None  # (unit, mean, clip) = None
         self._frozen: dict[str, Any] | None = None
 
     @contextlib.contextmanager
@@ -453,7 +454,7 @@ class PatchKNN(AnomalyMethod):
             out[n] = (float(d.mean()), max(float(d.std()), 1e-6))
         return out
 
-    def _loo_global_norm(self, per_ref) -> tuple[float, float] | None:
+    def _loo_global_norm(self, per_ref) -> tuple[float, float, float] | None:
         """``(unit, mean)`` of the global term from held-out references: ``mean`` = their mean
         global distance, ``unit`` = their mean patch score above the zero-distance score."""
         if len(per_ref) == 1 and len(per_ref[0]) == 1:
@@ -469,7 +470,7 @@ class PatchKNN(AnomalyMethod):
                 patch.append(float(topk_mean(grid[None], fraction)[0]))
                 dist.append(float(global_distance(pooled(f[gname])[None], gmem)[0]))
         unit = sum(patch) / len(patch) - self._zero_score(self.weights, self.norm)
-        return (max(unit, 1e-6), max(sum(dist) / len(dist), 1e-12))
+        return (max(unit, 1e-6), max(sum(dist) / len(dist), 1e-12), 1.0)
 
     def _global_term(self, feat: dict[str, torch.Tensor]) -> torch.Tensor | float:
         if self.global_memory is None or self.global_norm is None:
@@ -526,7 +527,7 @@ class PatchKNN(AnomalyMethod):
             dscore = image_scores([zgrid({m: defects[m][j] for m in members}) for j in range(len(kinds))], fraction)
             if with_global:
                 gnorms[cand] = (max(float(nscore.mean()) - self._zero_score(members, norm), 1e-6),
-                                max(float(gn.mean()), 1e-12))
+                                max(float(gn.mean()), 1e-12), 1.0)
                 nscore = nscore + global_adjust(gn, *gnorms[cand])
                 dscore = dscore + global_adjust(gd, *gnorms[cand])
             results[cand] = separation(nscore, dscore[local], dscore[~local])
@@ -623,7 +624,7 @@ class PatchKNN(AnomalyMethod):
             d["selfconfig"] = self.selfconfig
         if self.global_norm is not None:
             d["global"] = {"member": self._map_member(), "unit": round(self.global_norm[0], 6),
-                           "mean_distance": round(self.global_norm[1], 6),
+                           "mean_distance": round(self.global_norm[1], 6), "clipped": bool(self.global_norm[2]),
                            "references": int(self.global_memory.shape[0]) if self.global_memory is not None else 0}
         return d
 
@@ -663,7 +664,11 @@ class PatchKNN(AnomalyMethod):
         if "work_side" in state:
             self.work_side = int(state["work_side"])
         self.global_memory = state.get("global.memory")
-        self.global_norm = tuple(state["global.norm"].tolist()) if "global.norm" in state else None
+        if "global.norm" in state:  # (unit, mean, clip); models saved before the clip: linear
+            g = state["global.norm"].tolist()
+            self.global_norm = (g[0], g[1], g[2] if len(g) > 2 else 0.0)
+        else:
+            self.global_norm = None
         if "selfconfig.candidates" in state:
             rows = state["selfconfig.candidates"].tolist()
             meta = state["selfconfig.meta"].tolist()
