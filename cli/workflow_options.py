@@ -111,7 +111,9 @@ def print_results(results: Any, as_json: bool = False, fail_on_anomaly: bool = F
         echo(f"{len(flagged)} of {len(results)} flagged as anomalous" + (":" if flagged else ""))
         for p in flagged[:20]:
             area = ""
-            if p.region is not None:
+            if p.evidence == "image-wide":
+                area = f"  image-wide change (the image-level term adds {p.image_term:.4g})"
+            elif p.region is not None:
                 area = f"  defect {p.region.area_px} px ({p.region.area_pct:g} %)" if p.region.area_px else \
                     "  (no pixel above the pixel threshold)"
             echo(f"  {p.score:.6g}  {p.name}{area}")

@@ -267,3 +267,15 @@ def test_global_term_on_scores_state_and_export(tmp_path):
     assert torch.allclose(old.predict(refs[:1]).image_scores, s_off - unit, atol=1e-4)
     off_auto = _random_knn(global_term="off").fit(refs)
     assert not any(c.endswith("+global") for c in off_auto.selfconfig["candidates"])
+
+
+def test_knn_reports_its_global_term_as_image_terms():
+    refs = _refs(3)
+    on = _random_knn(preset="mid", global_term="on").fit(refs)
+    off = _random_knn(preset="mid").fit(refs)
+    dark = NativeBatch([(refs.images[0].float() * 0.4).byte()], refs.sizes[:1])
+    both = NativeBatch.concat([dark, refs[:1]])
+    res = on.predict(both)
+    assert res.image_terms is not None and float(res.image_terms[0]) > 0 and float(res.image_terms[1]) == 0.0
+    assert torch.allclose(res.image_scores - res.image_terms, off.predict(both).image_scores, atol=1e-4)
+    assert off.predict(both).image_terms is None

@@ -136,10 +136,45 @@ def test_json_summary_is_the_only_stdout_and_masks_match(tree, tmp_path):
         assert mask[bright].mean() > 0.8
     rows = (out / "scores.csv").read_text().splitlines()
     assert rows[0].split(",")[5:] == ["defect_type", "width", "height", "defect_area_px", "defect_area_pct",
-                                      "defect_boxes"]
+                                      "defect_boxes", "image_term"]
     run = json.loads((out / "run.json").read_text())
     assert run["n_flagged"] == 4 and run["threshold"]["target_fpr"] == 0.01
     assert 0 <= run["threshold"]["expected_fpr"] <= 0.1 + 1e-9  # at most the floor's 10 x target
+
+
+def test_image_wide_change_is_named_in_scores_json_and_console(tmp_path):
+    """A target flagged only through the method's image-level term is an ``image-wide`` change
+    (console, run.json, --json); one flagged by its map is a ``region``; the term is a column,
+    and a resumed run keeps it."""
+    normal = tmp_path / "normal"
+    write_images(normal, 4, False, seed=1)
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    rng = np.random.default_rng(5)
+    Image.fromarray(texture(rng)).save(targets / "plain.png")
+    Image.fromarray((texture(rng).astype(int) - 60).clip(0, 255).astype(np.uint8)).save(targets / "dark.png")
+    Image.fromarray(texture(rng, defect=True)).save(targets / "spot.png")
+    out = tmp_path / "o"
+    args = ["score", "--shots", "4", "-m", "wf_pixglobal", "--normal", str(normal), "--out", str(out), "-q"]
+    rows = {}
+    _run([*args, "--threshold", "1e9", str(targets)])  # scores only (nothing flagged), to read the parts
+    for line in (out / "scores.csv").read_text().splitlines()[1:]:
+        f = line.split(",")
+        rows[Path(f[0]).stem] = (float(f[2]), float(f[-1]))
+    (dark_s, dark_t), (spot_s, spot_t) = rows["dark"], rows["spot"]
+    assert dark_t > 0.2 and spot_t < dark_t and rows["plain"][1] < dark_t
+    thr = dark_s - dark_t / 2  # dark passes only with its term
+    assert spot_s - spot_t >= thr and rows["plain"][0] < thr
+    r = _run([*args, "--threshold", repr(thr), "--overwrite", "--json", str(targets)])
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    ev = {Path(f["path"]).stem: (f["evidence"], f["image_term"]) for f in summary["flagged"]}
+    assert ev == {"dark": ("image-wide", pytest.approx(dark_t)), "spot": ("region", pytest.approx(spot_t))}
+    run = json.loads((out / "run.json").read_text())
+    assert {Path(f["path"]).stem: f["evidence"] for f in run["flagged"]} == {"dark": "image-wide", "spot": "region"}
+    r = _run([*args, "--threshold", repr(thr), str(targets)])  # same settings: everything resumed
+    assert "3 resumed" in r.output and "image-wide change" in r.output
+    resumed = {Path(f["path"]).stem: f["evidence"] for f in json.loads((out / "run.json").read_text())["flagged"]}
+    assert resumed == {"dark": "image-wide", "spot": "region"}
 
 
 @pytest.mark.parametrize("flagged", [True, False])

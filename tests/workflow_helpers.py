@@ -84,6 +84,18 @@ class PixelDiff(AnomalyMethod):
                                                  "weights_path": w}}
 
 
+class PixelDiffGlobal(PixelDiff):
+    """``PixelDiff`` of brightness-centred images (a uniform shift leaves the map unchanged) plus
+    an image-level term ``2 x |mean brightness - the references'|``, reported as ``image_terms``."""
+
+    def _predict_batch(self, images: torch.Tensor) -> AnomalyResult:
+        centred = images - images.mean((1, 2, 3), keepdim=True)
+        amap = (centred - (self.mean - self.mean.mean())).abs().mean(1)
+        smooth = F.avg_pool2d(amap[:, None], 3, 1, 1)[:, 0]
+        term = 2.0 * (images.mean((1, 2, 3)) - self.mean.mean()).abs()
+        return AnomalyResult(smooth.flatten(1).max(1).values + term, smooth, term)
+
+
 class PixelDiffZeroShot(PixelDiff):
     """Zero-shot variant (no references: difference to mid-grey)."""
 
@@ -91,8 +103,9 @@ class PixelDiffZeroShot(PixelDiff):
 
 
 def register_test_methods() -> None:
-    """Register ``wf_pixdiff`` / ``wf_pixdiff0`` (idempotent; called by fixtures, not at import)."""
+    """Register ``wf_pixdiff`` / ``wf_pixdiff0`` / ``wf_pixglobal`` (idempotent; called by fixtures, not at import)."""
     register_method("wf_pixdiff")(PixelDiff)
+    register_method("wf_pixglobal")(PixelDiffGlobal)
     register_method("wf_pixdiff0")(PixelDiffZeroShot)
 
 

@@ -565,10 +565,11 @@ class PatchKNN(AnomalyMethod):
         feats = self._encode(work, names)
         s = self.preprocess.size
         fraction, sigma = self._fraction(), float(self.opts["sigma"])
-        scores, maps = [], []
+        scores, maps, terms = [], [], []
         for f, x, (_, size) in zip(feats, work, items, strict=True):
             grid, mgrid = self._combine(f, self.memories, self.weights, self.norm)
-            scores.append(topk_mean(grid[None], fraction)[0] + self._global_term(f))
+            terms.append(torch.as_tensor(self._global_term(f), dtype=torch.float32))
+            scores.append(topk_mean(grid[None], fraction)[0] + terms[-1])
             if own_size:
                 shape = tuple(x.shape[1:])
                 maps.append(map_to_shape(mgrid, shape, size, sigma * math.sqrt(shape[0] * shape[1]) / s))
@@ -576,7 +577,8 @@ class PatchKNN(AnomalyMethod):
                 maps.append(map_to_square(mgrid, s, sigma))
         if own_size:
             return torch.stack(scores), maps
-        return AnomalyResult(torch.stack(scores), torch.stack(maps))
+        return AnomalyResult(torch.stack(scores), torch.stack(maps),
+                             torch.stack(terms) if self.global_memory is not None else None)
 
     def predict_native(self, images: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Image scores ``[N]`` and maps at each image's original size (list of ``[H_i, W_i]``)."""
@@ -603,11 +605,13 @@ class PatchKNN(AnomalyMethod):
         from fsiad.fewshot.ops.smoothing import upsample_blur
 
         scores = topk_mean(torch.stack([g for g, _ in pairs]), float(self.opts["top_fraction"]))
+        terms = None
         if self.global_memory is not None:
-            scores = scores + torch.stack([torch.as_tensor(self._global_term({n: v[i] for n, v in fused.items()}))
-                                           for i in range(scores.shape[0])])
+            terms = torch.stack([torch.as_tensor(self._global_term({n: v[i] for n, v in fused.items()}),
+                                                 dtype=torch.float32) for i in range(scores.shape[0])])
+            scores = scores + terms
         maps = torch.stack([m for _, m in pairs])
-        return AnomalyResult(scores, upsample_blur(maps, self.preprocess.size, float(self.opts["sigma"])))
+        return AnomalyResult(scores, upsample_blur(maps, self.preprocess.size, float(self.opts["sigma"])), terms)
 
     # -- description and state ----------------------------------------------------------
     def describe(self) -> dict[str, Any]:

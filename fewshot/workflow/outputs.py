@@ -69,7 +69,7 @@ from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
 from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
 from fsiad.fewshot.workflow.runner import READ_ERRORS, ScoredImage, decision, display_image, label_metrics
-from fsiad.fewshot.workflow.scores_file import SCORE_FIELDS, read_score_rows
+from fsiad.fewshot.workflow.scores_file import SCORE_FIELDS, evidence, read_score_rows
 from fsiad.fewshot.workflow.thresholds import Calibration
 from tqdm import tqdm
 
@@ -92,7 +92,8 @@ def _score_row(im: ScoredImage, threshold: float | None) -> list[str]:
                                                      boxes_text(r.boxes)]
     defect = "" if im.label is None else (im.defect or "")
     return [str(im.path), im.name, repr(im.score), decision(im.score, threshold) or "",
-            "" if im.label is None else str(im.label), defect, *region]
+            "" if im.label is None else str(im.label), defect, *region,
+            "" if im.image_term is None else repr(im.image_term)]
 
 
 class OutputFolder:
@@ -115,6 +116,8 @@ class OutputFolder:
         self._created = not self.path.exists()
         self._started = False
         self._csv: Any = None
+        #: image-level score parts of the targets ``start`` reuses (``scores.csv``'s ``image_term``)
+        self.reused_terms: dict[Path, float | None] = {}
 
     # -- lock ---------------------------------------------------------------------------
     def __enter__(self) -> OutputFolder:
@@ -184,12 +187,15 @@ class OutputFolder:
             shutil.rmtree(self.path / sub, ignore_errors=True)
         wanted = {p.resolve(): name for p, name in targets}
         reuse: dict[Path, tuple[str, float]] = {}
+        self.reused_terms = {}
         if same:
             for row in self._old_rows():
                 rp = Path(row["path"]).resolve()
                 if rp in wanted and rp not in reuse and self.map_path(row["name"]).is_file():
                     try:
                         reuse[rp] = (row["name"], float(row["score"]))
+                        term = row.get("image_term") or ""
+                        self.reused_terms[rp] = float(term) if term else None
                     except ValueError:
                         continue
         self._arrange_maps({rp: (old, wanted[rp]) for rp, (old, _) in reuse.items()})
@@ -292,7 +298,7 @@ class OutputFolder:
             "map_colour_scale": {**scale.to_dict(), "rule": scale_rule(calibration)},
             "n_scored": len(images),
             "n_flagged": len(flagged) if thr is not None else None,
-            "flagged": [flag_entry(im) for im in flagged],
+            "flagged": [flag_entry(im, thr) for im in flagged],
             "n_errors": len(errors),
             "errors": [{"path": str(p), "reason": r} for p, r in errors],
             "metrics": metrics,
@@ -379,9 +385,10 @@ def scale_rule(calibration: Calibration) -> str:
             f"{render.THRESHOLD_POSITION:g} of the scale, top above it; the same for every image of the run")
 
 
-def flag_entry(im: ScoredImage) -> dict[str, Any]:
+def flag_entry(im: ScoredImage, threshold: float | None) -> dict[str, Any]:
     """A flagged image for run.json / --json."""
-    d: dict[str, Any] = {"name": im.name, "path": str(im.path), "score": im.score, "label": im.label}
+    d: dict[str, Any] = {"name": im.name, "path": str(im.path), "score": im.score, "label": im.label,
+                         "evidence": evidence(im.score, im.image_term, threshold), "image_term": im.image_term}
     if im.region is not None:
         d.update(im.region.to_dict())
     return d

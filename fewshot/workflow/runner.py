@@ -44,6 +44,7 @@ class ScoredImage:
     label: int | None = None
     defect: str | None = None
     region: Any = None  # decisions.PixelDecision of a flagged image (None: not flagged / no pixel threshold)
+    image_term: float | None = None  # the score's image-level part (AnomalyResult.image_terms), None: no such term
 
 
 def fit_references(method: AnomalyMethod, refs: Sequence[Sample], seed: int = 0,
@@ -130,10 +131,11 @@ def score_chunks(method: AnomalyMethod, samples: Sequence[Sample], names: Sequen
             if ok:
                 result = method.predict(batch)
                 maps = result.anomaly_maps.detach().cpu().float().numpy()
+                terms = result.image_terms
                 for j, i in enumerate(ok):
                     s = chunk[i]
                     scored.append((ScoredImage(s.path, names[start + i], float(result.image_scores[j]), s.label,
-                                               s.defect),
+                                               s.defect, image_term=None if terms is None else float(terms[j])),
                                    np.ascontiguousarray(maps[j])))
             bar.update(len(chunk))
             yield scored, errors

@@ -52,6 +52,7 @@ from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMO_TARGET_SEED
 from fsiad.fewshot.workflow.outputs import OutputFolder, check_output
 from fsiad.fewshot.workflow.references import check_shots, select_references
 from fsiad.fewshot.workflow.runner import ScoredImage, decision, fit_references, label_metrics, score_chunks
+from fsiad.fewshot.workflow.scores_file import evidence
 from fsiad.fewshot.workflow.thresholds import (
     DEFAULT_RULE,
     DEFAULT_TARGET_FPR,
@@ -81,12 +82,17 @@ class Prediction:
         map_path: ``OUT/maps/<name>.npy`` when an output folder was written.
         region: ``decisions.PixelDecision`` of a flagged image (area, boxes at the original size).
         defect: defect type from the target's folder name (``good`` for normal), else ``None``.
+        image_term: the part of ``score`` from an image-level term (``knn``'s global term), else ``None``.
+        evidence: what carried a flag: ``image-wide`` (the score passes the threshold only with
+            the image-level term: a texture-wide change the map need not localise) or
+            ``region``; ``None`` when not flagged.
     """
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary of this prediction."""
         d: dict[str, Any] = {"name": self.name, "path": str(self.path), "score": self.score,
-                             "decision": self.decision, "label": self.label}
+                             "decision": self.decision, "label": self.label, "evidence": self.evidence,
+                             "image_term": self.image_term}
         if self.region is not None:
             d.update(self.region.to_dict())
         return d
@@ -100,6 +106,8 @@ class Prediction:
     region: Any = None
     defect: str | None = None
     _map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    image_term: float | None = None
+    evidence: str | None = None
 
     @property
     def anomaly_map(self) -> np.ndarray:
@@ -416,7 +424,8 @@ class FittedModel:
             for i, s in enumerate(samples):
                 score = reused.get(Path(s.path).resolve())
                 if score is not None:
-                    images[i] = ScoredImage(Path(s.path), names[i], score, s.label, s.defect)
+                    images[i] = ScoredImage(Path(s.path), names[i], score, s.label, s.defect,
+                                            image_term=folder.reused_terms.get(Path(s.path).resolve()))
                     amap = np.load(folder.map_path(names[i]))
                     lo, hi = min(lo, float(amap.min())), max(hi, float(amap.max()))
                     if keep:
@@ -454,7 +463,8 @@ class FittedModel:
                                    progress=progress, extra=extra)
         preds = [Prediction(im.path, im.name, im.score, decision(im.score, thr), im.label,
                             folder.map_path(im.name) if folder is not None else None, im.region, im.defect,
-                            maps.get(im.name))
+                            maps.get(im.name), image_term=im.image_term,
+                            evidence=evidence(im.score, im.image_term, thr))
                  for im in done]
         return Results(preds, errors, self.calibration, label_metrics(done, thr), len(reused),
                        folder.path if folder is not None else None, record, round(time.perf_counter() - t_start, 3))
