@@ -171,6 +171,8 @@ def test_image_wide_change_is_named_in_scores_json_and_console(tmp_path):
     assert ev == {"dark": ("image-wide", pytest.approx(dark_t)), "spot": ("region", pytest.approx(spot_t))}
     run = json.loads((out / "run.json").read_text())
     assert {Path(f["path"]).stem: f["evidence"] for f in run["flagged"]} == {"dark": "image-wide", "spot": "region"}
+    html = (out / "report.html").read_text()
+    assert html.count("image-wide change") == 1 and re.search(r">dark</a> \([^)]*, image-wide change\)", html)
     r = _run([*args, "--threshold", repr(thr), str(targets)])  # same settings: everything resumed
     assert "3 resumed" in r.output and "image-wide change" in r.output
     resumed = {Path(f["path"]).stem: f["evidence"] for f in json.loads((out / "run.json").read_text())["flagged"]}

@@ -338,7 +338,8 @@ class OutputFolder:
                           histogram_svg([im.score for im in images], [im.label for im in images], thr),
                           settings, refs, [(str(p), r) for p, r in errors], len(images),
                           warnings=calibration.warnings(), colour_bar=render.colour_bar_svg(scale),
-                          flagged=[(im.name, im.score) for im in images if decision(im.score, thr) == "anomalous"])
+                          flagged=[(im.name, im.score, evidence(im.score, im.image_term, thr)) for im in images
+                                   if decision(im.score, thr) == "anomalous"])
             ranked = sorted(images, key=lambda im: (decision(im.score, thr) != "anomalous", -im.score))
             for rank, im in enumerate(tqdm(ranked, unit="img", desc="report", disable=not progress,
                                            file=sys.stderr), 1):
