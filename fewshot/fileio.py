@@ -161,6 +161,34 @@ def hash_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+_CODE_FINGERPRINT: str | None = None
+
+
+def code_fingerprint() -> str:
+    """sha256 over the source of the installed fsiad packages (``*.py``, by relative path): two
+    runs whose code differs never share results (a resumed run would mix old and new scores).
+    Computed once per process (~10 ms)."""
+    global _CODE_FINGERPRINT
+    if _CODE_FINGERPRINT is None:
+        import hashlib
+        import importlib
+
+        h = hashlib.sha256()
+        for name in ("fsiad", "fsiad.fewshot", "fsiad.pointcloud", "fsiad.prompts", "fsiad.cli"):
+            try:
+                paths = list(importlib.import_module(name).__path__)
+            except ImportError:  # pragma: no cover - a partial install
+                continue
+            for root in paths:
+                for f in sorted(Path(root).rglob("*.py")):
+                    if "__pycache__" in f.parts:
+                        continue
+                    h.update(f"{name}/{f.relative_to(root).as_posix()}".encode())
+                    h.update(hashlib.sha256(f.read_bytes()).digest())
+        _CODE_FINGERPRINT = h.hexdigest()
+    return _CODE_FINGERPRINT
+
+
 def fingerprint(key: Any) -> str:
     """sha256 of a settings record (JSON, sorted keys): what makes two runs interchangeable."""
     import hashlib

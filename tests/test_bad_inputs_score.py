@@ -206,6 +206,22 @@ def test_complete_rerun_scores_nothing_and_new_targets_only(tree, tmp_path):
     assert len(rows(out)) == 8 and len(list((out / "maps").glob("*.npy"))) == 8
 
 
+def test_other_code_rescores_instead_of_resuming(tree, tmp_path, monkeypatch):
+    """Same settings, other fsiad code (an upgrade, an edit): nothing is reused, no error."""
+    from fsiad.fewshot import fileio
+
+    out = tmp_path / "o"
+    assert score(tree, out, threshold=0.5).exit_code == 0
+    Counting.reset()
+    assert score(tree, out, threshold=0.5).exit_code == 0 and Counting.scored == 0  # same code: resumed
+    monkeypatch.setattr(fileio, "_CODE_FINGERPRINT", "other code")
+    Counting.reset()
+    r = score(tree, out, threshold=0.5)
+    assert r.exit_code == 0, r.output
+    assert Counting.scored == 8 and json.loads((out / "run.json").read_text())["resumed"] == 0
+    assert json.loads((out / ".fsiad-run.json").read_text())["code"] == "other code"
+
+
 def test_different_settings_never_mix_rows(tree, tmp_path):
     out = tmp_path / "o"
     assert score(tree, out, threshold=0.3).exit_code == 0

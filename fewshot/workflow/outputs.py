@@ -163,13 +163,17 @@ class OutputFolder:
         files = ("scores.csv", *SUMMARY_FILES)
         return any((self.path / f).exists() for f in files) or any(self.maps.glob("*.npy"))
 
-    def start(self, key: dict[str, Any], targets: Sequence[tuple[Path, str]], overwrite: bool = False
-              ) -> dict[Path, float]:
+    def start(self, key: dict[str, Any], targets: Sequence[tuple[Path, str]], overwrite: bool = False,
+              code: str | None = None) -> dict[Path, float]:
         """Claim the folder for a run with settings ``key`` over ``targets`` (path, output name).
+
+        ``code`` (``fileio.code_fingerprint``): rows of a run with the same settings but other
+        code (an upgrade, an edit) are not reused, they are scored again (no error: the folder
+        holds this command's outputs).
 
         Returns:
             resolved target path -> score, for the targets whose row and map from an earlier
-            run with the same settings are reused (their maps now carry this run's names).
+            run with the same settings and code are reused (their maps now carry this run's names).
 
         Raises:
             OutputExistsError: the folder holds outputs of different settings and not ``overwrite``.
@@ -188,7 +192,7 @@ class OutputFolder:
         wanted = {p.resolve(): name for p, name in targets}
         reuse: dict[Path, tuple[str, float]] = {}
         self.reused_terms = {}
-        if same:
+        if same and state is not None and state.get("code") == code:
             for row in self._old_rows():
                 rp = Path(row["path"]).resolve()
                 if rp in wanted and rp not in reuse and self.map_path(row["name"]).is_file():
@@ -199,7 +203,8 @@ class OutputFolder:
                     except ValueError:
                         continue
         self._arrange_maps({rp: (old, wanted[rp]) for rp, (old, _) in reuse.items()})
-        atomic_write_json(self.path / STATE_NAME, {"fingerprint": fp, "status": "running", "command": self.command,
+        atomic_write_json(self.path / STATE_NAME, {"fingerprint": fp, "code": code, "status": "running",
+                                                   "command": self.command,
                                                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": key})
         with atomic_write(self.path / "scores.csv", "w", newline="") as fh:
             csv.writer(fh).writerow(SCORE_FIELDS)

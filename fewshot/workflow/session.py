@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from fsiad.fewshot.data.base import DatasetError, Sample
 from fsiad.fewshot.errors import OptionError
+from fsiad.fewshot.fileio import code_fingerprint
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig
 from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMO_TARGET_SEED
 from fsiad.fewshot.workflow.outputs import OutputFolder, check_output
@@ -418,7 +419,7 @@ class FittedModel:
         reused: dict[Path, float] = {}
         if folder is not None:
             reused = folder.start(self._identity(samples), [(Path(s.path), n) for s, n in zip(samples, names, strict=True)],
-                                  overwrite)
+                                  overwrite, code=code_fingerprint())
             if self.method.transductive and len(reused) < len(samples):
                 reused = {}  # a transductive score depends on the whole set: rescore it all
             for i, s in enumerate(samples):
