@@ -89,10 +89,11 @@ class PatchCore(AnomalyMethod):
     scores images with the plain max (its ``anomaly_scorer_num_nn=1``); the paper's reweighting
     is the default here. Aggregation at borders averages valid neighbours only.
 
-    Measured (magnetic_tile, all 761 training images, 2 shared CPU cores, defaults): the whole
-    ``fsiad eval`` takes 215 s (596,624 patches -> 59,663 by the lazy exact greedy coreset in
-    ~88 s, almost all of it the 50 distance-update passes; kNN of the 583 test images on faiss),
-    peak RSS 3.2 GB; image AUROC 0.960, pixel AUROC 0.857, AUPRO 0.777.
+    Measured (magnetic_tile, all 761 training images, 2 CPU cores, defaults): the whole
+    ``fsiad eval`` takes 129 s on a quiet machine (median of 3: 129 / 131 / 129 s; fit 65 s,
+    predict 57 s; 215 s under load), 596,624 patches -> 59,663 by the lazy exact greedy
+    coreset (almost all of it the distance-update passes, compute-bound), kNN of the 583 test
+    images on faiss, peak RSS 2.4 GB; image AUROC 0.960, pixel AUROC 0.857, AUPRO 0.777.
 
     Options: ``layers``, ``patch_size`` 3, ``coreset_ratio`` 0.1 (1.0 = no coreset),
     ``proj_dim`` 128, ``num_starts`` 10, ``seed`` (``None`` = 0), ``reweight_b`` 9, ``sigma`` 4.
