@@ -270,6 +270,8 @@ def test_global_term_on_scores_state_and_export(tmp_path):
 
 
 def test_knn_reports_its_global_term_as_image_terms():
+    fresh = _random_knn(global_term="on")  # before fit: no term, nothing to read
+    assert fresh.global_norm is None and fresh.global_memory is None and fresh.lighting_invariant
     refs = _refs(3)
     on = _random_knn(preset="mid", global_term="on").fit(refs)
     off = _random_knn(preset="mid").fit(refs)

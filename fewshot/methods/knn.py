@@ -228,7 +228,7 @@ class PatchKNN(AnomalyMethod):
         self.selfconfig: dict[str, Any] | None = None
         #: image-level term: reference mean features [V, C] and (unit, mean) normalisation
         self.global_memory: torch.Tensor | None = None
-        self.global_norm: tuple[float, float, float] | None  # (unit, mean, clip) = None
+        self.global_norm: tuple[float, float, float] | None = None  # (unit, mean, clip)
         self._frozen: dict[str, Any] | None = None
 
     @contextlib.contextmanager
