@@ -43,6 +43,9 @@ def test_eval_writes_schema_and_resumes(mvtec_root, tmp_path, monkeypatch):
             v = doc["mean"][k][m]["mean"]
             assert v is not None and 0.0 <= v <= 1.0
     meta = doc["meta"]
+    from fsiad.fewshot.fileio import code_fingerprint
+
+    assert meta["code_fingerprint"] == code_fingerprint()  # other code never resumes into these rows
     for key in ("method", "encoder", "weights_source", "image_size", "resize", "crop", "mask_interpolation",
                 "metric_resolution", "regime", "seeds", "references"):
         assert key in meta, key

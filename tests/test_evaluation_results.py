@@ -66,6 +66,17 @@ def test_resume_keeps_rows_and_rejects_other_runs(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_results_of_other_code_are_not_resumed(tmp_path):
+    meta = {"method": "m", "dataset": "d", "config_fingerprint": "abc", "code_fingerprint": "v1"}
+    ResultsStore(tmp_path, dict(meta)).add(_row("a", 4, 0, 0.8), ["x.png"])
+    assert ResultsStore(tmp_path, dict(meta)).done("a", 4, 0)
+    with pytest.raises(ResumeError, match="other fsiad code .*delete results.csv"):
+        ResultsStore(tmp_path, {**meta, "code_fingerprint": "v2"})
+    legacy = tmp_path / "legacy"  # results written before the code was recorded are resumed
+    ResultsStore(legacy, {k: v for k, v in meta.items() if k != "code_fingerprint"}).add(_row("a", 4, 0, 0.8), ["x"])
+    assert ResultsStore(legacy, dict(meta)).done("a", 4, 0)
+
+
 def test_resume_accepts_a_compatible_fingerprint_and_merges_meta(tmp_path):
     old = {"method": "m", "dataset": "d", "config_fingerprint": "as-spelled", "categories": ["a"], "shots": ["4"],
            "seeds": [0], "regime_by_shots": {"4": "few-shot"}, "encoder": "enc"}

@@ -26,7 +26,7 @@ from fsiad.fewshot.data.io import image_size, read_mask
 from fsiad.fewshot.data.sampling import sample_shots
 from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.evaluation.results import ResultsStore, shots_key
-from fsiad.fewshot.fileio import OutputLock, check_out_not_input
+from fsiad.fewshot.fileio import OutputLock, check_out_not_input, code_fingerprint
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, create_method, method_class
 from fsiad.fewshot.methods.regime import check_shots as regime_check
 from fsiad.fewshot.metrics import image_metrics, pixel_metrics
@@ -259,6 +259,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str], None] | None = None,
         "shots": [shots_key(s) for s in shots],
         "seeds": seeds,
         "config_fingerprint": config_fingerprint(cfg),
+        "code_fingerprint": code_fingerprint(),  # rows of other code are never resumed into these
         "method_config": asdict(cfg.method_config),
     }
     # method options, encoder and weights are checked before --out is touched

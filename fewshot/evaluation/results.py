@@ -42,7 +42,7 @@ TIMINGS = ("fit_s", "predict_s", "metrics_s")
 ROW_FIELDS = ("category", "shots", "shots_used", "seed", *METRICS, "n_test", "n_anomalous", *TIMINGS,
               "images_per_s", "references")
 #: Meta entries that must match for a folder's results to be resumed / merged.
-IDENTITY_KEYS = ("method", "dataset", "config_fingerprint")
+IDENTITY_KEYS = ("method", "dataset", "config_fingerprint", "code_fingerprint")
 
 
 class ResumeError(FsiadError, RuntimeError):
@@ -108,6 +108,10 @@ class ResultsStore:
                 same = isinstance(old[key], str) and old[key] in self._compatible
             else:
                 same = old[key] == self.meta.get(key)
+            if not same and key == "code_fingerprint":
+                raise ResumeError(
+                    f"{self.out}: holds results computed by other fsiad code (an upgrade or an edit since); "
+                    "use a different --out, or delete results.csv, results.json and results.md there to start over")
             if not same:
                 raise ResumeError(
                     f"{self.out}: holds results of another run ({key}={old[key]!r}, now "
