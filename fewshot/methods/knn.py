@@ -473,11 +473,12 @@ class PatchKNN(AnomalyMethod):
         unit = sum(patch) / len(patch) - self._zero_score(self.weights, self.norm)
         return (max(unit, 1e-6), max(sum(dist) / len(dist), 1e-12), 1.0)
 
-    def _global_term(self, feat: dict[str, torch.Tensor]) -> torch.Tensor | float:
+    def _global_term(self, feat: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The image's global term (0-d float32; 0 without one)."""
         if self.global_memory is None or self.global_norm is None:
-            return 0.0
+            return torch.zeros((), dtype=torch.float32)
         d = global_distance(pooled(feat[self._map_member()])[None], self.global_memory)[0]
-        return global_adjust(d, *self.global_norm)
+        return global_adjust(d, *self.global_norm).float()
 
     def _self_configure(self, refs: list[torch.Tensor], per_ref, names: list[str]) -> None:
         t0 = time.perf_counter()
@@ -569,7 +570,7 @@ class PatchKNN(AnomalyMethod):
         scores, maps, terms = [], [], []
         for f, x, (_, size) in zip(feats, work, items, strict=True):
             grid, mgrid = self._combine(f, self.memories, self.weights, self.norm)
-            terms.append(torch.as_tensor(self._global_term(f), dtype=torch.float32))
+            terms.append(self._global_term(f))
             scores.append(topk_mean(grid[None], fraction)[0] + terms[-1])
             if own_size:
                 shape = tuple(x.shape[1:])
@@ -608,8 +609,8 @@ class PatchKNN(AnomalyMethod):
         scores = topk_mean(torch.stack([g for g, _ in pairs]), float(self.opts["top_fraction"]))
         terms = None
         if self.global_memory is not None:
-            terms = torch.stack([torch.as_tensor(self._global_term({n: v[i] for n, v in fused.items()}),
-                                                 dtype=torch.float32) for i in range(scores.shape[0])])
+            terms = torch.stack([self._global_term({n: v[i] for n, v in fused.items()})
+                                 for i in range(scores.shape[0])])
             scores = scores + terms
         maps = torch.stack([m for _, m in pairs])
         return AnomalyResult(scores, upsample_blur(maps, self.preprocess.size, float(self.opts["sigma"])), terms)

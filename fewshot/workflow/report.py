@@ -116,15 +116,15 @@ class ReportWriter:
     def header(self, title: str, summary: dict[str, Any], threshold_note: str, metrics: dict[str, Any] | None,
                histogram: str, settings: dict[str, Any], references: Sequence[tuple[str, str]],
                errors: Sequence[tuple[str, str]], n_images: int, warnings: Sequence[str] = (),
-               colour_bar: str = "", flagged: Sequence[tuple[Any, ...]] = ()) -> None:
+               colour_bar: str = "", flagged: Sequence[tuple[str, float, str | None]] = ()) -> None:
         """Write everything above the image cards.
 
         Args:
             references: ``(path, relative link of its thumbnail or "")`` of the normal references.
             errors: ``(path, reason)`` of targets that could not be scored.
             warnings: lines shown in a warning box (odd references and what to do).
-            flagged: ``(name, score)`` or ``(name, score, evidence)`` of the flagged images (listed,
-                highest score first; ``image-wide`` evidence is named).
+            flagged: ``(name, score, evidence)`` of the flagged images (listed, highest score
+                first; ``image-wide`` evidence is named).
         """
         w = self._fh.write
         w(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
@@ -135,9 +135,9 @@ class ReportWriter:
         if flagged:
             items = sorted(flagged, key=lambda f: -f[1])
             w(f"<h2>Flagged ({len(items)} of {n_images})</h2><p class='flagged'>")
-            w(", ".join(f'<a href="#img-{escape(f[0])}">{escape(f[0])}</a> ({f[1]:.4g}'
-                        + (", image-wide change" if len(f) > 2 and f[2] == "image-wide" else "") + ")"
-                        for f in items) + "</p>")
+            w(", ".join(f'<a href="#img-{escape(n)}">{escape(n)}</a> ({sc:.4g}'
+                        + (", image-wide change" if ev == "image-wide" else "") + ")"
+                        for n, sc, ev in items) + "</p>")
         w(f'<h2>Threshold</h2><p class="note">{escape(threshold_note)}</p>')
         if metrics:
             w("<h2>Metrics over the scored images with known labels</h2>" + confusion_table(metrics) + table(metrics))
