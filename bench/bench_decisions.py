@@ -8,6 +8,12 @@ Each row is the real ``fsiad score --shots 4`` command (default method and thres
 no ``-o``) on one set and seed; recall and the false-alarm rate are read from the run's
 ``scores.csv`` decisions against the labels (folder names), F1-max over every threshold of the
 same scores. ``object`` is the synthetic MVTec-layout set of ``bench.bench_selfconfig``.
+
+Two oracle columns say what ANY threshold on the same scores could reach (labels known):
+``best F1 at FPR <= 2 x target`` (the best F1÷F1-max among thresholds whose false-alarm rate
+meets the bound) and ``min FPR for 0.9 F1-max`` (the fewest false alarms at which F1 reaches
+0.9 x F1-max). When the first is below 0.9, no threshold rule can meet both goals on that run.
+``--reuse`` re-reads the outputs of an earlier run of this script instead of scoring again.
 """
 
 from __future__ import annotations
@@ -49,10 +55,33 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(f1.max())
 
 
-def measure(name: str, seed: int) -> dict:
+def _sweep(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-alarm rate, F1) of ``score >= t`` for every distinct score ``t`` (labels 0/1)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last = np.r_[s[1:] != s[:-1], True]  # one point per distinct score (ties flagged together)
+    tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
+    return fp / max(int((labels == 0).sum()), 1), 2 * tp / (tp + fp + y.sum())
+
+
+def best_f1_within(scores: np.ndarray, labels: np.ndarray, fpr_cap: float) -> float:
+    """Best F1 among thresholds whose false-alarm rate is <= ``fpr_cap`` (0 if none flags anything)."""
+    fpr, f1 = _sweep(scores, labels)
+    ok = fpr <= fpr_cap + 1e-12
+    return float(f1[ok].max()) if ok.any() else 0.0
+
+
+def min_fpr_for(scores: np.ndarray, labels: np.ndarray, share: float = 0.9) -> float:
+    """Smallest false-alarm rate of a threshold whose F1 is >= ``share`` x F1-max."""
+    fpr, f1 = _sweep(scores, labels)
+    return float(fpr[f1 >= share * f1.max() - 1e-12].min())
+
+
+def measure(name: str, seed: int, reuse: bool = False) -> dict:
     out = OUT / f"{name}{seed}"
     t = time.perf_counter()
-    subprocess.run(command(name, seed, out), check=True, env=ENV, stdout=subprocess.DEVNULL)
+    if not (reuse and (out / "run.json").is_file()):
+        subprocess.run(command(name, seed, out), check=True, env=ENV, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["label"] in ("0", "1")]
     s = np.array([float(r["score"]) for r in rows])
@@ -64,9 +93,12 @@ def measure(name: str, seed: int) -> dict:
     rec = json.loads((out / "run.json").read_text())
     th = rec["threshold"]
     fit = th.get("fit") or {}
+    target = float(th.get("target_fpr") or 0.01)
+    best = f1_max(s, y)
     return {"set": name, "seed": seed, "threshold": th["threshold"], "set_by": fit.get("bound", th.get("rule")),
-            "expected_fpr": th.get("expected_fpr"), "recall": recall, "fpr": fpr, "f1": f1,
-            "f1_max": f1_max(s, y), "auroc": (rec.get("metrics") or {}).get("image_auroc"),
+            "expected_fpr": th.get("expected_fpr"), "target_fpr": target, "recall": recall, "fpr": fpr, "f1": f1,
+            "f1_max": best, "oracle_f1_ratio_within_2x": best_f1_within(s, y, 2 * target) / max(best, 1e-9),
+            "oracle_min_fpr_for_0.9": min_fpr_for(s, y, 0.9), "auroc": (rec.get("metrics") or {}).get("image_auroc"),
             "flagged": f"{rec['n_flagged']} of {rec['n_scored']}",
             "configuration": rec["method"].get("configuration"), "wall_s": round(wall, 1),
             "command": " ".join(command(name, seed, Path(f"runs/{name}{seed}"))[0:]).replace(str(ROOT) + "/", "")}
@@ -76,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["demo", "magnetic_tile", "object"])
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--reuse", action="store_true", help="re-read existing outputs instead of scoring again")
     args = ap.parse_args()
     if "object" in args.sets and not (SYNTH / "object").exists():
         from bench.bench_selfconfig import make_data
@@ -84,13 +117,15 @@ def main() -> None:
     results = []
     for name in args.sets:
         for seed in (int(x) for x in args.seeds.split(",")):
-            r = measure(name, seed)
+            r = measure(name, seed, args.reuse)
             results.append(r)
             print(json.dumps(r), flush=True)
-    print(f"{'set':14s} seed  recall   FPR   F1/F1max  AUROC  set_by   configuration")
+    print(f"{'set':14s} seed  recall   FPR   F1/F1max  AUROC  set_by   | oracle: F1/F1max at FPR<=2xtarget, "
+          "min FPR for 0.9 F1max | configuration")
     for r in results:
         print(f"{r['set']:14s} {r['seed']:4d}  {r['recall']:.2f}  {r['fpr']:.3f}  {r['f1'] / max(r['f1_max'], 1e-9):.2f}"
-              f"      {r['auroc'] or float('nan'):.3f}  {r['set_by']:8s} {r['configuration']}")
+              f"      {r['auroc'] or float('nan'):.3f}  {r['set_by']:8s} | {r['oracle_f1_ratio_within_2x']:.2f}  "
+              f"{r['oracle_min_fpr_for_0.9']:.3f} | {r['configuration']}")
 
 
 if __name__ == "__main__":

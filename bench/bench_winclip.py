@@ -20,7 +20,16 @@ runs, images/s of both, the ratio on wall and CPU time, and the max map / score 
 
 ``--drift``: fp32 against bf16 autocast (``precision=bf16``) and against fp32 with oneDNN bf16
 matrix products (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``), zero-shot on the
-same queries and text prototypes: speed-up from interleaved runs and max map / score drift.
+same queries and text prototypes: speed-up from interleaved runs and max map / score drift;
+also int8 dynamic quantisation of the MLP ``nn.Linear`` layers (``torch.ao`` ``quantize_dynamic``,
+per-tensor weights, activations quantised per call) on a copy of the encoder.
+
+``--ceiling``: why fp32 speed-ups at parity are bounded. Counts the FLOPs one ``predict`` pushes
+through the transformer per image (every window, crop and image-level sequence; linear layers
+and attention separately), measures this machine's matrix-product throughput at the model's own
+shapes (fp32, bf16, int8 with int32 accumulation), and prints the fp32 floor (linear FLOPs /
+fp32 GEMM throughput) beside the measured fast and reference times: the largest fp32 speed-up
+over the reference that the token work allows is ``reference time / floor``.
 """
 
 from __future__ import annotations
@@ -80,6 +89,7 @@ def main() -> None:
     ap.add_argument("--no-multi-crop", action="store_true")
     ap.add_argument("--vs-reference", action="store_true", help="interleaved fast vs reference path")
     ap.add_argument("--drift", action="store_true", help="bf16 variants against fp32: speed-up and map drift")
+    ap.add_argument("--ceiling", action="store_true", help="FLOPs per image against this machine's GEMM throughput")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["FSIAD_HOME"] = tempfile.mkdtemp(prefix="fsiad-bench-")  # keep random text embeddings out
@@ -97,6 +107,9 @@ def main() -> None:
         return
     if args.drift:
         _drift(args, queries, opts)
+        return
+    if args.ceiling:
+        _ceiling(args, queries, opts)
         return
     print(f"# WinCLIP CPU benchmark: {args.encoder} random-init, {args.threads} threads, "
           f"{args.images} images/call, median of {args.repeats}, multi_crop={opts['multi_crop']}")
@@ -170,10 +183,17 @@ def _drift(args, queries: torch.Tensor, opts: dict) -> None:
         finally:
             mkl.fp32_precision = "none"
 
+    e8 = create_encoder(args.encoder, allow_random=True)
+    e8.model.load_state_dict(e32.model.state_dict())
+    for block in e8.visual.transformer.resblocks:  # the MLPs' nn.Linear layers: 2/3 of the linear FLOPs
+        block.mlp = torch.ao.quantization.quantize_dynamic(block.mlp, {torch.nn.Linear}, dtype=torch.qint8)
+    m8 = WinCLIP(cfg, encoder=e8).fit()
+    m8.text_features = m32.text_features.clone()
     out = {}
     fns = {"fp32": lambda: out.__setitem__("fp32", m32.predict(queries)),
            "bf16 autocast": lambda: out.__setitem__("bf16 autocast", m16.predict(queries)),
-           "fp32 + oneDNN bf16 GEMMs": lambda: out.__setitem__("fp32 + oneDNN bf16 GEMMs", gemm_bf16())}
+           "fp32 + oneDNN bf16 GEMMs": lambda: out.__setitem__("fp32 + oneDNN bf16 GEMMs", gemm_bf16()),
+           "int8 dynamic (MLP layers)": lambda: out.__setitem__("int8 dynamic (MLP layers)", m8.predict(queries))}
     t = _round_robin(fns, args.repeats)
     print(f"# WinCLIP precision drift: {args.encoder} random-init, zero-shot, {args.threads} threads, "
           f"{args.images} images/call, median of {args.repeats} interleaved rounds, multi_crop={opts['multi_crop']}")
@@ -184,6 +204,96 @@ def _drift(args, queries: torch.Tensor, opts: dict) -> None:
         ds = (out[k].image_scores - out["fp32"].image_scores).abs().max().item()
         print(f"| {k} | {args.images / w:.3f} | {t['fp32'][0] / w:.2f} | {t['fp32'][1] / c:.2f} | {dm:.1e} | {ds:.1e} |",
               flush=True)
+
+
+def transformer_flops(sequences: list[tuple[int, int, bool]], width: int, hidden: int, layers: int
+                      ) -> tuple[float, float]:
+    """(linear FLOPs, attention FLOPs) of ``(count, length, cls_only_last_block)`` sequences.
+
+    Per block and token: QKV ``2*3*d*d``, output projection ``2*d*d``, MLP ``2*2*d*h``; attention
+    ``2*2*n*d`` per query row (scores and weighted sum). A CLS-only last block computes keys and
+    values for every token and the rest for the CLS row only (``CLIPEncoder._encode_pooled``).
+    """
+    lin = att = 0.0
+    row = 2 * (3 * width * width + width * width + 2 * width * hidden)
+    for count, n, cls_last in sequences:
+        full = layers - 1 if cls_last else layers
+        lin += count * full * n * row
+        att += count * full * 4 * n * n * width
+        if cls_last:
+            lin += count * (n * 2 * 2 * width * width + (row - 2 * 2 * width * width))
+            att += count * 4 * n * width
+    return lin, att
+
+
+def _gemm_throughput(m: int, k: int, n: int, dtype: str, repeats: int = 5) -> float:
+    """Median GFLOP/s (GOP/s for int8) of an ``[m, k] x [k, n]`` product on this machine."""
+    g = torch.Generator().manual_seed(0)
+    if dtype == "int8":
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+        b = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=g)
+
+        def fn():
+            return torch._int_mm(a, b)
+    else:
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        a, w = torch.randn(m, k, generator=g).to(dt), torch.randn(n, k, generator=g).to(dt)
+        bias = torch.zeros(n, dtype=dt)
+
+        def fn():
+            return torch.nn.functional.linear(a, w, bias)
+    fn()
+    times = [_timed(fn)[0] for _ in range(repeats)]
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def _ceiling(args, queries: torch.Tensor, opts: dict) -> None:
+    from fsiad.fewshot.encoders import create_encoder
+    from fsiad.fewshot.methods import MethodConfig
+    from fsiad.fewshot.methods.winclip import WinCLIP
+
+    enc = create_encoder(args.encoder, allow_random=True)
+    m = WinCLIP(MethodConfig(class_name="bottle", options=opts, batch_size=args.images), encoder=enc).fit()
+    blocks = enc.visual.transformer.resblocks
+    width, layers = int(enc.visual.transformer.width), len(blocks)
+    hidden = int(blocks[0].mlp.c_fc.out_features)
+    plain = 1 + enc.num_patches
+    cls_last = bool(enc._cls_last)
+    seqs = [(1, plain, False)] + [(int(w.shape[0]), 1 + int(w.shape[1]), cls_last) for w in m.windows]
+    if opts["multi_crop"]:
+        seqs.append((5, plain, cls_last))
+    lin, att = transformer_flops(seqs, width, hidden, layers)
+    rows = args.images * sum(c * n for c, n, _ in seqs[1:])  # the batched window/crop GEMMs' M
+    shapes = [(rows, width, 3 * width), (rows, width, width), (rows, width, hidden), (rows, hidden, width)]
+    weights = [3, 1, 2, 2]  # FLOP shares of QKV, output projection, MLP in, MLP out
+    tput = {}
+    for dt in ("fp32", "bf16", "int8"):
+        per = [_gemm_throughput(*shp, dt) for shp in shapes]
+        tput[dt] = sum(weights) / sum(w / p for w, p in zip(weights, per, strict=True))  # FLOP-weighted
+    fast_flags = (enc._plain_blocks, enc._cls_last)
+
+    def run(path: str):
+        enc._plain_blocks, enc._cls_last = fast_flags if path == "fast" else (False, False)
+        m.predict(queries)
+
+    t = _round_robin({"fast": lambda: run("fast"), "reference": lambda: run("reference")}, args.repeats)
+    enc._plain_blocks, enc._cls_last = fast_flags
+    fast, ref = t["fast"][0] / args.images, t["reference"][0] / args.images
+    floor = lin / (tput["fp32"] * 1e9)
+    print(f"# WinCLIP fp32 ceiling: {args.encoder} random-init, zero-shot, {args.threads} threads, "
+          f"{args.images} images/call, multi_crop={opts['multi_crop']}, median of {args.repeats} interleaved rounds")
+    print(f"sequences per image (count x tokens): {', '.join(f'{c} x {n}' for c, n, _ in seqs)}; "
+          f"width {width}, MLP {hidden}, {layers} blocks, CLS-only last block for pooled sequences: {cls_last}")
+    print(f"FLOPs per image: linear {lin / 1e9:.1f} G, attention {att / 1e9:.2f} G")
+    print(f"GEMM throughput at the window batch's shapes (M = {rows}): fp32 {tput['fp32']:.0f} GFLOP/s, "
+          f"bf16 {tput['bf16']:.0f} GFLOP/s, int8 (int32 accumulation) {tput['int8']:.0f} GOP/s")
+    print("| path | s/image | images/s | share of the fp32 floor |")
+    print("|---|---:|---:|---:|")
+    print(f"| fp32 floor (linear FLOPs / fp32 GEMM throughput) | {floor:.3f} | {1 / floor:.3f} | 1.00 |")
+    print(f"| fsiad fast path | {fast:.3f} | {1 / fast:.3f} | {floor / fast:.2f} |")
+    print(f"| reference path (anomalib's way) | {ref:.3f} | {1 / ref:.3f} | {floor / ref:.2f} |")
+    print(f"largest fp32 speed-up over the reference that the token work allows: x{ref / floor:.2f} "
+          f"(measured x{ref / fast:.2f})", flush=True)
 
 
 if __name__ == "__main__":
