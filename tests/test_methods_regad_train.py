@@ -188,3 +188,81 @@ def test_second_training_into_a_locked_folder_is_refused(tmp_path):
 
     with OutputLock(tmp_path, "another training"), pytest.raises(OutputLockedError, match="another training"):
         train_regad(_cfg(tmp_path / "reg.safetensors"), progress=False)
+
+
+# -- the paper's STN-encoder (--tune-encoder) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    out = tmp_path_factory.mktemp("regad_cascade") / "casc.safetensors"
+    meta = train_regad(_cfg(out, tune_encoder=True, encoder_lr=0.01), progress=False)
+    return out, meta
+
+
+def test_cascade_is_the_encoder_at_initialisation():
+    """Identity STNs: the cascade's layer outputs equal the encoder's own stage features, and
+    building it leaves the shared encoder untouched (it works on copies of the stages)."""
+    from fsiad.fewshot.methods.regad_net import CascadeRegistration
+    from fsiad.fewshot.methods.regad_train import cascade_stages
+
+    free = create_method("regad", MethodConfig(image_size=SIZE, batch_size=8))
+    enc = free.encoder
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    want = enc.patch_features(x, free.layers)
+    stages = cascade_stages(enc, free.layers)
+    net = CascadeRegistration(stages, free.layers, [f.shape[-1] for f in want], [f.shape[1:3] for f in want],
+                              "rotation", trainable_from=1).eval()
+    with torch.no_grad():
+        reg, thetas = net.register(net.prefix(enc.stem(x)))
+    for f, r, t in zip(want, reg, thetas, strict=True):
+        assert torch.equal(t, identity_theta(2))
+        assert torch.allclose(r.permute(0, 2, 3, 1), f, atol=1e-4)
+    assert all(p.requires_grad == (i >= 1) for i, m in enumerate(net.stages) for p in m.parameters())
+    assert not any(p.requires_grad for p in enc.model.parameters())
+    assert all(a is not b for a, b in zip(net.stages, [m for _, m in enc.stage_modules()], strict=False))
+
+
+def test_cascade_training_fine_tunes_only_the_trained_stages(cascade):
+    from fsiad.fewshot.encoders.registry import encoder_from_config
+
+    out, meta = cascade
+    losses = [row["loss"] for row in meta["curve"]]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert meta["cascade"] == {"trainable_from": 1, "stages": ["blocks.0", "blocks.1", "blocks.2", "blocks.3",
+                                                                 "blocks.4"]}
+    assert meta["training"]["config"]["tune_encoder"] is True
+    tensors = read_checkpoint(out)[1]
+    enc = encoder_from_config(MethodConfig(image_size=SIZE), "tf_efficientnet_lite0", SIZE)
+    own = dict(enc.model.blocks.named_parameters())
+    frozen = [k for k in tensors if k.startswith("net.stages.0.") and k.endswith("weight")]
+    tuned = [k for k in tensors if k.startswith("net.stages.2.") and k.endswith("weight")]
+    assert frozen and tuned
+    assert all(torch.equal(tensors[k], own[k.removeprefix("net.stages.")]) for k in frozen)
+    assert any(not torch.equal(tensors[k], own[k.removeprefix("net.stages.")]) for k in tuned)
+
+
+def test_cascade_checkpoint_round_trips_and_predicts(cascade, tmp_path):
+    out, _ = cascade
+    meta, tensors, _ = read_checkpoint(out)
+    m = create_method("regad", MethodConfig(weights=str(out), batch_size=16))
+    net = m.net
+    copy = tmp_path / "copy.safetensors"
+    save_checkpoint(copy, net, None, meta)
+    assert read_checkpoint(copy)[1].keys() == {k for k in tensors if k.startswith("net.")}
+    assert all(torch.equal(read_checkpoint(copy)[1][k], tensors[k]) for k in read_checkpoint(copy)[1])
+    g = torch.Generator().manual_seed(3)
+    support, query = torch.rand(2, 3, SIZE, SIZE, generator=g), torch.rand(3, 3, SIZE, SIZE, generator=g)
+    preds = []
+    for frame in ("registered", "registered", "input"):
+        mm = create_method("regad", MethodConfig(weights=str(copy), batch_size=16, options={"frame": frame}))
+        preds.append(mm.fit(support).predict(query))
+        assert mm.describe()["registration"]["encoder_fine_tuned"] is True
+    assert torch.equal(preds[0].anomaly_maps, preds[1].anomaly_maps)
+    assert preds[2].anomaly_maps.shape == preds[0].anomaly_maps.shape
+    assert torch.isfinite(preds[2].anomaly_maps).all() and not torch.equal(preds[2].anomaly_maps, preds[0].anomaly_maps)
+
+
+def test_tune_encoder_needs_a_cnn_encoder(tmp_path):
+    r = run_cli("train", "regad", "--synthetic", "1", "--tune-encoder", "--encoder", "clip_vitb16plus_240",
+                "--allow-random", "--image-size", "240", "--images-per-category", "3", "--shots", "1",
+                "--out", tmp_path / "v.safetensors")
+    assert_one_line_error(r, "--tune-encoder needs a CNN encoder")

@@ -98,18 +98,27 @@ class TimmCNNEncoder(Encoder):
     def default_layers(self) -> list[int | str]:
         return ["layer2", "layer3"] if self.is_resnet else ["blocks.2", "blocks.4"]
 
-    def _stage_outputs(self, images: torch.Tensor, wanted: Sequence[str]) -> dict[str, torch.Tensor]:
-        m, want = self.model, set(wanted)
-        last = max(self._stages.index(w) for w in want)
-        x = self.normalize(images)
-        out: dict[str, torch.Tensor] = {}
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images through the stem (the input of the first stage), under the caller's grad mode."""
+        m = self.model
+        x = self.normalize(images.to(self.device))
         if self.is_resnet:
-            x = m.maxpool(m.act1(m.bn1(m.conv1(x))))
-            stages = [getattr(m, s) for s in self._stages]
-        else:
-            x = m.bn1(m.conv_stem(x))
-            stages = [*m.blocks, torch.nn.Sequential(m.conv_head, m.bn2)]
-        for name, stage in zip(self._stages[: last + 1], stages[: last + 1], strict=True):
+            return m.maxpool(m.act1(m.bn1(m.conv1(x))))
+        return m.bn1(m.conv_stem(x))
+
+    def stage_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """``(name, module)`` of every stage in order (``layers`` names); the modules are the encoder's own."""
+        m = self.model
+        if self.is_resnet:
+            return [(s, getattr(m, s)) for s in self._stages]
+        return list(zip(self._stages, [*m.blocks, torch.nn.Sequential(m.conv_head, m.bn2)], strict=True))
+
+    def _stage_outputs(self, images: torch.Tensor, wanted: Sequence[str]) -> dict[str, torch.Tensor]:
+        want = set(wanted)
+        last = max(self._stages.index(w) for w in want)
+        x = self.stem(images)
+        out: dict[str, torch.Tensor] = {}
+        for name, stage in self.stage_modules()[: last + 1]:
             x = stage(x)
             if name in want:
                 out[name] = x

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, Images, MethodConfig, iter_batches, register_method
 from fsiad.fewshot.methods.options import Option, defaults
-from fsiad.fewshot.methods.regad_net import invert, warp
+from fsiad.fewshot.methods.regad_net import compose, invert, warp
 from fsiad.fewshot.methods.regad_train import is_checkpoint
 from fsiad.fewshot.ops.features import parse_layers
 from fsiad.fewshot.ops.gaussian import GaussianStats, fit_gaussian, mahalanobis
@@ -110,13 +110,23 @@ class RegAD(AnomalyMethod):
     before the Gaussian. Without a checkpoint the method is training-free (no STN);
     ``describe()["registration"]`` (in ``run.json``) says which.
 
+    A checkpoint of ``fsiad train regad --tune-encoder`` holds the paper's STN-encoder
+    (``regad_net.CascadeRegistration``): the CNN stages from the first feature layer on,
+    fine-tuned, each STN's warped output feeding the next stage; the features are its layer
+    outputs (``frame="input"``: each warped back by the inverse of its composite transform, as
+    the paper; ``frame="registered"``: each taken to the last layer's frame, map warped back).
+
     Deviations from the paper:
-      * Frozen encoder. RegAD fine-tunes its ResNet-18 together with the STNs and re-runs each
-        stage on the previous stage's warped output. fsiad's STNs sit on FROZEN stage outputs
-        (any encoder: CNN stages or ViT patch grids): stage ``l`` is warped by the composite of
-        the earlier stages' transforms before its STN predicts the next one. Because the encoder
-        is not re-run on warped features, warping the STN outputs back (``frame="input"``, the
-        paper) nearly undoes the registration; hence the default ``frame="registered"``.
+      * Frozen encoder by default. RegAD fine-tunes its ResNet-18 together with the STNs and
+        re-runs each stage on the previous stage's warped output; ``--tune-encoder`` does that
+        (CNN encoders; the stem and the stages before the first feature layer stay frozen so
+        their output can be cached; encoder batch norms keep their ImageNet statistics; encoder
+        lr 1e-4 as the paper, STNs and heads at ``--lr``). Without it fsiad's STNs sit on FROZEN
+        stage outputs (any encoder: CNN stages or ViT patch grids): stage ``l`` is warped by the
+        composite of the earlier stages' transforms before its STN predicts the next one.
+        Because the encoder is not re-run on warped features, warping the STN outputs back
+        (``frame="input"``, the paper) nearly undoes the registration; hence the default
+        ``frame="registered"``.
       * STN parametrisation ``rotation`` (default of ``fsiad train regad``) instead of the
         paper's ``rotation_scale``: on frozen features the scale parameters collapse (measured
         on magnetic_tile: the composite transform zooms ~10x into the image centre, where
@@ -199,11 +209,12 @@ class RegAD(AnomalyMethod):
             raise CheckpointError(f"{path}: trained on {name} weights sha256 {checksum}, but the encoder loaded "
                                   f"now has {self.encoder.weights.checksum} ({self.encoder.weights.source})")
         self.layers = list(meta["layers"])
-        self.net = load_net(meta, tensors).to(self.encoder.device)
+        self.net = load_net(meta, tensors, self.encoder).to(self.encoder.device).eval()
         train = meta.get("training") or {}
         self.checkpoint = {"path": str(info.path), "sha256": info.checksum, "epochs": meta.get("epochs_done"),
                            "trained_on": sorted(train.get("categories") or {}), "held_out": train.get("held_out"),
-                           "stn_mode": meta.get("stn_mode")}
+                           "stn_mode": meta.get("stn_mode"),
+                           "encoder_fine_tuned": bool(meta.get("cascade"))}
 
     @property
     def preprocess(self) -> Preprocess:
@@ -216,6 +227,18 @@ class RegAD(AnomalyMethod):
         inverse of its composite transform. ``frame="registered"``: every stage warped by the
         final composite transform ``Theta_L`` (kept in ``self._theta`` to warp the map back).
         """
+        if self.net is not None and hasattr(self.net, "prefix"):  # fine-tuned STN-encoder (the paper's)
+            with torch.inference_mode(), self.encoder.autocast():
+                reg, thetas = self.net.register(self.net.prefix(self.encoder.stem(images)))
+                reg = [r.float() for r in reg]
+            if self.opts["frame"] == "input":
+                out = [warp(r, invert(t)) for r, t in zip(reg, thetas, strict=True)]
+                self._theta = None
+            else:  # layer l is in the frame of Theta_l: the remaining transforms take it to Theta_L
+                out = [warp(r, compose(invert(t), thetas[-1])) for r, t in zip(reg[:-1], thetas[:-1], strict=True)]
+                out.append(reg[-1])
+                self._theta = thetas[-1].cpu()
+            return [o.permute(0, 2, 3, 1).float().cpu() for o in out]
         feats = self.encoder.patch_features(images, self.layers)
         if self.net is None:
             return feats

@@ -150,6 +150,26 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
+def _add_stns_and_heads(net: nn.Module, channels: Sequence[int], grids: Sequence[Sequence[int]], mode: str) -> None:
+    """One STN per feature stage and the Siamese heads on the last one (identity STNs)."""
+    net.channels = [int(c) for c in channels]
+    net.grids = [tuple(int(s) for s in g) for g in grids]
+    net.mode = mode
+    net.stn = nn.ModuleList(STNModule(c, g, mode) for c, g in zip(net.channels, net.grids, strict=True))
+    net.projector = Projector(net.channels[-1])
+    net.predictor = Predictor(net.channels[-1])
+
+
+def siamese_loss(heads: nn.Module, query: torch.Tensor, support: torch.Tensor, shots: int) -> torch.Tensor:
+    """Symmetric negative cosine of registered last-stage maps: ``query`` ``[B, C, h, w]``,
+    ``support`` ``[B * shots, C, h, w]`` (grouped per query, averaged); ``heads`` has the
+    ``projector`` and ``predictor``."""
+    zs_in = support.view(query.shape[0], shots, *support.shape[1:]).mean(1)
+    zq, zs = heads.projector(query), heads.projector(zs_in)
+    pq, ps = heads.predictor(zq), heads.predictor(zs)
+    return negative_cosine(pq, zs) / 2 + negative_cosine(ps, zq) / 2
+
+
 class RegistrationNet(nn.Module):
     """STNs after each frozen feature stage + Siamese projection/prediction heads.
 
@@ -163,12 +183,7 @@ class RegistrationNet(nn.Module):
         super().__init__()
         if len(channels) != len(grids) or not channels:
             raise ValueError("RegistrationNet: one channel count and one grid per stage")
-        self.channels = [int(c) for c in channels]
-        self.grids = [tuple(int(s) for s in g) for g in grids]
-        self.mode = mode
-        self.stn = nn.ModuleList(STNModule(c, g, mode) for c, g in zip(self.channels, self.grids, strict=True))
-        self.projector = Projector(self.channels[-1])
-        self.predictor = Predictor(self.channels[-1])
+        _add_stns_and_heads(self, channels, grids, mode)
 
     def register(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-stage ``[N, C_l, h_l, w_l]`` -> (registered maps, composite transforms ``Theta_l``)."""
@@ -190,9 +205,76 @@ class RegistrationNet(nn.Module):
             query: per-stage ``[B, C, h, w]`` frozen features of B query images.
             support: per-stage ``[B * shots, C, h, w]`` (``shots`` supports per query, grouped).
         """
-        zq_in = self.register(query)[0][-1]
-        s = self.register(support)[0][-1]
-        zs_in = s.view(zq_in.shape[0], shots, *s.shape[1:]).mean(1)
-        zq, zs = self.projector(zq_in), self.projector(zs_in)
-        pq, ps = self.predictor(zq), self.predictor(zs)
-        return negative_cosine(pq, zs) / 2 + negative_cosine(ps, zq) / 2
+        return siamese_loss(self, self.register(query)[0][-1], self.register(support)[0][-1], shots)
+
+
+class CascadeRegistration(nn.Module):
+    """RegAD's STN-encoder: encoder stages fine-tuned, an STN after each feature stage feeding the next.
+
+    The paper's architecture on a CNN encoder's own stages (``TimmCNNEncoder.stage_modules``):
+    stage outputs run through the stages in order; after each stage named in ``layers`` its STN
+    predicts ``theta_l`` from the stage output, the output is warped by it and the WARPED map is
+    what the next stage reads (and what ``register`` returns for that layer). ``Theta_l`` is the
+    composite ``theta_1 o .. o theta_l`` (the transform of that layer's output relative to the
+    input frame). The stages before ``trainable_from`` are frozen (training caches their output);
+    the others are trained. Encoder stages always run in eval mode (their batch-norm statistics
+    stay the ImageNet ones); the STNs' and heads' batch norms follow the module's training mode.
+
+    Args:
+        stages: ``(name, module)`` of every encoder stage up to the last of ``layers`` (in order).
+        layers: stage names whose (warped) outputs are the features, finest first.
+        channels, grids: channels and ``(h, w)`` of each layer's output.
+        mode: STN parametrisation (``STN_MODES``).
+        trainable_from: index into ``stages`` of the first fine-tuned stage.
+    """
+
+    def __init__(self, stages: Sequence[tuple[str, nn.Module]], layers: Sequence[str], channels: Sequence[int],
+                 grids: Sequence[Sequence[int]], mode: str = "rotation", trainable_from: int = 0) -> None:
+        super().__init__()
+        names = [n for n, _ in stages]
+        missing = [x for x in layers if x not in names]
+        if missing or len(layers) != len(channels) or len(layers) != len(grids) or not layers:
+            raise ValueError(f"CascadeRegistration: layers {list(layers)} must be stages of {names}, "
+                             "one channel count and grid each")
+        if not 0 <= trainable_from <= names.index(layers[0]):
+            raise ValueError(f"CascadeRegistration: trainable_from {trainable_from} must be in [0, "
+                             f"{names.index(layers[0])}] (the first feature stage)")
+        self.names, self.layers = names, [str(x) for x in layers]
+        self.stages = nn.ModuleList(m for _, m in stages)
+        self.trainable_from = int(trainable_from)
+        _add_stns_and_heads(self, channels, grids, mode)
+        for i, m in enumerate(self.stages):
+            m.requires_grad_(i >= self.trainable_from)
+        self.stages.eval()
+
+    def train(self, mode: bool = True) -> CascadeRegistration:
+        super().train(mode)
+        self.stages.eval()  # frozen batch-norm statistics in the encoder stages
+        return self
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen stages (before ``trainable_from``) on the stem output."""
+        for stage in self.stages[: self.trainable_from]:
+            x = stage(x)
+        return x
+
+    def register(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``prefix`` output -> (warped layer outputs ``[N, C_l, h_l, w_l]``, composite transforms ``Theta_l``)."""
+        total = identity_theta(x.shape[0], x.device)
+        out, thetas = [], []
+        for name, stage in zip(self.names[self.trainable_from :], self.stages[self.trainable_from :], strict=True):
+            x = stage(x)
+            if name in self.layers:
+                theta = self.stn[len(out)](x)
+                x = warp(x, theta)
+                total = compose(total, theta)
+                out.append(x)
+                thetas.append(total)
+                if len(out) == len(self.layers):
+                    break
+        return out, thetas
+
+    def loss(self, query: torch.Tensor, support: torch.Tensor, shots: int) -> torch.Tensor:
+        """Symmetric negative-cosine loss; ``query`` ``[B, ...]`` and ``support`` ``[B * shots, ...]``
+        are ``prefix`` outputs (supports grouped per query)."""
+        return siamese_loss(self, self.register(query)[0][-1], self.register(support)[0][-1], shots)

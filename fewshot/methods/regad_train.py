@@ -5,7 +5,10 @@ dataset's ``train/good`` folders, minus the held-out target, plus synthetic cate
 ``fewshot.data.synthetic``), encodes them ONCE with the frozen encoder, then trains the STNs
 and the Siamese heads (``regad_net.RegistrationNet``) on (query, K supports of the same
 category) pairs with the symmetric negative-cosine loss. Fixed schedule (no model selection):
-the last epoch is the result. A validation split of the TRAINING categories (``val_fraction``
+the last epoch is the result. ``tune_encoder=True`` trains the paper's STN-encoder instead
+(``regad_net.CascadeRegistration``): the frozen stem and the stages before the first feature
+layer are encoded once, the later stages are fine-tuned (``encoder_lr``) with an STN after each
+feature stage feeding the next, so every step runs those stages forward and backward. A validation split of the TRAINING categories (``val_fraction``
 of each category's images, never the target) gives a validation loss per epoch for the curve.
 
 Checkpoint = ``OUT.safetensors`` (network tensors ``net.*``, SGD momentum ``optim.*``; header
@@ -53,6 +56,10 @@ class TrainConfig:
         shots: supports per query (K).
         epochs, batch_size, lr, momentum: SGD schedule with cosine decay (per epoch).
         val_fraction: share of each training category's images kept for the validation loss.
+        tune_encoder: the paper's STN-encoder (``regad_net.CascadeRegistration``, CNN encoders):
+            the stages from the first feature layer on are fine-tuned at ``encoder_lr`` and each
+            STN's warped output feeds the next stage; the stages before it are frozen and cached.
+        encoder_lr: SGD learning rate of the fine-tuned encoder stages (paper: 1e-4).
     """
 
     out: str
@@ -75,6 +82,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     allow_random: bool = False
+    tune_encoder: bool = False
+    encoder_lr: float = 1e-4
 
 
 def sidecar(path: str | Path) -> Path:
@@ -257,18 +266,39 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return meta, tensors, info
 
 
-def build_net(meta: dict[str, Any]):
-    from fsiad.fewshot.methods.regad_net import RegistrationNet
+def cascade_stages(encoder: Any, layers: Sequence[Any]) -> list[tuple[str, torch.nn.Module]]:
+    """Copies of ``encoder``'s stages up to the last of ``layers`` (the shared encoder stays untouched)."""
+    import copy
+
+    if not hasattr(encoder, "stage_modules"):
+        raise TrainError(f"--tune-encoder needs a CNN encoder with stages (ResNet / EfficientNet); "
+                         f"{encoder.name} has none")
+    stages = encoder.stage_modules()
+    names = [n for n, _ in stages]
+    last = max(names.index(str(x)) for x in layers)
+    return [(n, copy.deepcopy(m)) for n, m in stages[: last + 1]]
+
+
+def build_net(meta: dict[str, Any], encoder: Any = None):
+    """The network a checkpoint describes (a cascade needs the ``encoder`` its stages come from)."""
+    from fsiad.fewshot.methods.regad_net import CascadeRegistration, RegistrationNet
 
     try:
+        cascade = meta.get("cascade")
+        if cascade:
+            if encoder is None:
+                raise ValueError("a fine-tuned-encoder checkpoint needs its encoder")
+            return CascadeRegistration(cascade_stages(encoder, meta["layers"]), meta["layers"], meta["channels"],
+                                       meta["grids"], meta.get("stn_mode", "rotation_scale"),
+                                       int(cascade["trainable_from"]))
         return RegistrationNet(meta["channels"], meta["grids"], meta.get("stn_mode", "rotation_scale"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"RegAD checkpoint metadata lacks/has a bad network description ({e})") from None
 
 
-def load_net(meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
-    """The ``RegistrationNet`` of a checkpoint (strict: every tensor must fit)."""
-    net = build_net(meta)
+def load_net(meta: dict[str, Any], tensors: dict[str, torch.Tensor], encoder: Any = None):
+    """The network of a checkpoint (strict: every tensor must fit)."""
+    net = build_net(meta, encoder)
     state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     try:
         net.load_state_dict(state, strict=True)
@@ -292,6 +322,8 @@ def _describe_cfg(cfg: TrainConfig) -> dict[str, Any]:
     keep = ("dataset", "root", "categories", "exclude", "synthetic", "images_per_category", "shots", "epochs",
             "batch_size", "lr", "momentum", "val_fraction", "seed", "stn_mode", "image_size")
     d = asdict(cfg)
+    if cfg.tune_encoder:  # recorded only when on: checkpoints of the frozen variant keep their config
+        keep = (*keep, "tune_encoder", "encoder_lr")
     if d["root"] is not None:
         d["root"] = str(Path(d["root"]).expanduser().resolve())
     return {k: d[k] for k in keep}
@@ -360,19 +392,31 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                              allow_random=cfg.allow_random)
     layers = list(cfg.layers) if cfg.layers else default_layers(encoder)
     t0 = time.perf_counter()
-    feats = encode_pools(pools, encoder, layers, cfg.image_size)
+    if cfg.tune_encoder:
+        net, feats, channels, grids = _cascade_setup(cfg, pools, encoder, layers)
+    else:
+        feats = encode_pools(pools, encoder, layers, cfg.image_size)
+        first = next(iter(feats.values()))
+        channels = [int(f.shape[1]) for f in first]
+        grids = [[int(f.shape[2]), int(f.shape[3])] for f in first]
+        net = RegistrationNet(channels, grids, cfg.stn_mode)
     encode_s = time.perf_counter() - t0
     train, val = split_pools(feats, cfg.val_fraction, cfg.shots)
-    first = next(iter(feats.values()))
-    channels = [int(f.shape[1]) for f in first]
-    grids = [[int(f.shape[2]), int(f.shape[3])] for f in first]
-    net = RegistrationNet(channels, grids, cfg.stn_mode)
     params = list(net.parameters())
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.tune_encoder:  # fine-tuned stages at the paper's small rate, fresh STNs and heads at lr
+        enc_ids = {id(p) for p in net.stages.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in enc_ids], "lr": cfg.lr, "base_lr": cfg.lr},
+                  {"params": [p for p in params if id(p) in enc_ids and p.requires_grad], "lr": cfg.encoder_lr,
+                   "base_lr": cfg.encoder_lr}]
+        params = [p for g in groups for p in g["params"]]
+    else:
+        groups = [{"params": params, "lr": cfg.lr, "base_lr": cfg.lr}]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     meta: dict[str, Any] = {
         "encoder": {k: encoder.describe()[k] for k in ("encoder", "weights_source", "weights_checksum")},
         "layers": layers, "channels": channels, "grids": grids, "image_size": cfg.image_size,
         "stn_mode": cfg.stn_mode,
+        **({"cascade": {"trainable_from": net.trainable_from, "stages": net.names}} if cfg.tune_encoder else {}),
         "training": {"config": _describe_cfg(cfg), "held_out": sorted(cfg.exclude),
                      "categories": {k: int(v[0].shape[0]) for k, v in feats.items()},
                      "val_images": {k: int(v[0].shape[0]) for k, v in val.items()},
@@ -397,7 +441,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
             t_epoch = time.perf_counter()
             lr = _cosine_lr(cfg.lr, epoch, cfg.epochs)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = _cosine_lr(g["base_lr"], epoch, cfg.epochs)
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
             items = episodes(train, cfg.shots, gen)
             net.train()
@@ -409,7 +453,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 if batch_hook is not None:
                     batch_hook([c for c, _, _ in chunk])
                 query, support = make_batch(train, chunk)
-                loss = net.loss(query, support, cfg.shots)
+                loss = _loss(net, query, support, cfg.shots)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -442,7 +486,47 @@ def validation_loss(net: Any, val: dict[str, list[torch.Tensor]], train: dict[st
     for b in range(0, len(items), cfg.batch_size):
         chunk = items[b : b + cfg.batch_size]
         query, support = make_batch(val, chunk, supports_from=train)
-        total += float(net.loss(query, support, cfg.shots)) * len(chunk)
+        total += float(_loss(net, query, support, cfg.shots)) * len(chunk)
         count += len(chunk)
     net.train()
     return total / max(count, 1)
+
+
+def _loss(net: Any, query: list[torch.Tensor], support: list[torch.Tensor], shots: int) -> torch.Tensor:
+    """The registration loss of a batch (a cascade reads its one cached prefix map per image)."""
+    if hasattr(net, "prefix"):
+        return net.loss(query[0], support[0], shots)
+    return net.loss(query, support, shots)
+
+
+def _cascade_setup(cfg: TrainConfig, pools: dict[str, list[Any]], encoder: Any, layers: Sequence[Any]):
+    """(cascade net, cached frozen-prefix maps per category as one-entry lists, channels, grids)."""
+    from fsiad.fewshot.data.io import read_image
+    from fsiad.fewshot.methods.regad_net import CascadeRegistration
+    from fsiad.fewshot.preprocess import Preprocess
+
+    stages = cascade_stages(encoder, layers)
+    names = [n for n, _ in stages]
+    start = names.index(str(layers[0]))
+    probe = CascadeRegistration(stages, [str(x) for x in layers], [1] * len(layers), [(1, 1)] * len(layers),
+                                cfg.stn_mode, start)
+    pre = Preprocess(cfg.image_size, interpolation="bicubic")
+    feats: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for name, items in pools.items():
+            maps = []
+            for i in range(0, len(items), 16):
+                chunk = items[i : i + 16]
+                imgs = pre.images([read_image(x) if isinstance(x, (str, Path)) else x for x in chunk])
+                maps.append(probe.prefix(encoder.stem(imgs)).cpu())
+            feats[name] = [torch.cat(maps)]
+        x = next(iter(feats.values()))[0][:1].to(encoder.device)
+        shapes = []
+        for stage_name, stage in zip(names[start:], probe.stages[start:], strict=True):
+            x = stage(x)
+            if stage_name in probe.layers:
+                shapes.append(x.shape)
+    channels = [int(sh[1]) for sh in shapes]
+    grids = [[int(sh[2]), int(sh[3])] for sh in shapes]
+    net = CascadeRegistration(stages, [str(x) for x in layers], channels, grids, cfg.stn_mode, start)
+    return net.to(encoder.device), feats, channels, grids
