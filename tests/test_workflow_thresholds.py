@@ -116,19 +116,22 @@ def _tail_numpy(x: np.ndarray, fpr: float, groups: int) -> float:
     return float(np.exp(mu + norm.ppf(1 - fpr) * sigma))
 
 
-@pytest.mark.parametrize("case", ["far", "near", "between", "low"])
+@pytest.mark.parametrize("case", ["far", "near", "between", "low", "very far"])
 def test_bounded_threshold_matches_independent_computation(case):
     rng = np.random.default_rng(3)
     normal = np.exp(rng.normal(np.log(2.0), 0.3, 28))
     tail, floor = _tail_numpy(normal, 0.01, 4), _tail_numpy(normal, 0.1, 4)
     mid = np.sqrt(tail * floor)
-    defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "near": np.full(12, 2 * mid),
+    defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "very far": np.linspace(8 * tail, 12 * tail, 12),
+               "near": np.full(12, 2 * mid),
                "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
                "low": np.linspace(0.2 * floor, 2 * tail, 12)}[case]
     got = bounded_threshold(normal, defects, 0.01, n_groups=4)
     q = np.sort(defects)[2] + 0.75 * (np.sort(defects)[3] - np.sort(defects)[2])  # 0.25 quantile of 12, by hand
-    want = max(q / 2, floor)  # half the defects' 0.25 quantile, not below the 10 x target point
-    assert got["bound"] == ("floor" if floor > q / 2 else "raised" if q / 2 > tail else "defects")
+    # half the defects' 0.25 quantile, at most 3 x the tail fit, not below the 10 x target point
+    want = max(min(q / 2, 3 * tail), floor)
+    assert got["bound"] == ("floor" if floor > q / 2 else "capped" if q / 2 > 3 * tail else
+                            "raised" if q / 2 > tail else "defects")
     assert got["threshold"] == pytest.approx(want, rel=1e-9) and got["tail"] == pytest.approx(tail, rel=1e-9)
     assert got["defect_bound"] == pytest.approx(q) and got["floor"] == pytest.approx(floor, rel=1e-9)
     # expected false-alarm rate: the fitted normal law's exceedance of the threshold
@@ -139,7 +142,8 @@ def test_bounded_threshold_matches_independent_computation(case):
     want_fpr = float(norm.sf((np.log(want) - np.median(lx)) / sigma))
     assert got["expected_fpr"] == pytest.approx(want_fpr, rel=1e-6)
     assert floor - 1e-12 <= got["threshold"] and (got["expected_fpr"] < 0.01) == (got["threshold"] > tail)
-    assert got["bound"] == {"far": "raised", "near": "defects", "between": "floor", "low": "floor"}[case]
+    assert got["bound"] == {"far": "raised", "very far": "capped", "near": "defects", "between": "floor",
+                            "low": "floor"}[case]
 
 
 def test_floor_never_above_the_tail_fit():
@@ -174,6 +178,8 @@ def test_synthetic_defects_bound_the_threshold(refs):
     assert cal.threshold <= max(cal.fit["defect_bound"], cal.fit["floor"]) + 1e-12
     if cal.fit["bound"] == "raised":
         assert cal.threshold == pytest.approx(cal.fit["defect_bound"] / 2) > cal.fit["tail"]
+    elif cal.fit["bound"] == "capped":
+        assert cal.threshold == pytest.approx(3 * cal.fit["tail"]) < cal.fit["defect_bound"] / 2
     else:
         assert cal.threshold <= cal.fit["tail"] and cal.expected_fpr >= cal.target_fpr
     assert "expected false-alarm rate" in cal.description
@@ -199,3 +205,19 @@ def test_lighting_views_only_for_lighting_invariant_methods(refs, monkeypatch):
     plain = calibrate_loo(m, refs, ThresholdRule())
     assert plain.view_scores == [[] for _ in refs] and plain.loo_scores == pytest.approx(with_views.loo_scores)
     assert plain.fit["n_samples"] == len(refs) and "no lighting views" in plain.description
+
+
+def test_capped_raise_is_described(refs, monkeypatch):
+    """A raise past RAISE_CAP x the tail fit stops there and the description says so."""
+    from fsiad.fewshot.workflow import thresholds
+
+    m = create_method("wf_pixdiff", MethodConfig())
+    monkeypatch.setattr(thresholds, "RAISE_MARGIN", 0.01)  # half the quantile -> 100 x: far above the tail
+    free = calibrate_loo(m, refs, ThresholdRule())
+    half = free.fit["defect_bound"] / thresholds.RAISE_MARGIN
+    assert free.fit["bound"] in ("raised", "capped") and half > 2 * free.fit["tail"], free.fit
+    monkeypatch.setattr(thresholds, "RAISE_CAP", 0.5 * (half / free.fit["tail"] + 1))  # between tail and half
+    cal = calibrate_loo(m, refs, ThresholdRule())
+    assert cal.fit["bound"] == "capped" and cal.fit["tail"] < cal.threshold < half
+    assert cal.threshold == pytest.approx(thresholds.RAISE_CAP * cal.fit["tail"])
+    assert "x the tail fit" in cal.description and "synthetic-defect scores is higher" in cal.description
