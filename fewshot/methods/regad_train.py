@@ -8,8 +8,9 @@ category) pairs with the symmetric negative-cosine loss. Fixed schedule (no mode
 the last epoch is the result. ``tune_encoder=True`` trains the paper's STN-encoder instead
 (``regad_net.CascadeRegistration``): the frozen stem and the stages before the first feature
 layer are encoded once, the later stages are fine-tuned (``encoder_lr``) with an STN after each
-feature stage feeding the next, so every step runs those stages forward and backward. A validation split of the TRAINING categories (``val_fraction``
-of each category's images, never the target) gives a validation loss per epoch for the curve.
+feature stage feeding the next, so every step runs those stages forward and backward. A
+validation split of the TRAINING categories (``val_fraction`` of each category's images, never
+the target) gives a validation loss per epoch for the curve.
 
 Checkpoint = ``OUT.safetensors`` (network tensors ``net.*``, SGD momentum ``optim.*``; header
 metadata tags the format) + ``OUT.json`` (sha256 of the tensors file, encoder name + weights
