@@ -266,3 +266,32 @@ def test_tune_encoder_needs_a_cnn_encoder(tmp_path):
                 "--allow-random", "--image-size", "240", "--images-per-category", "3", "--shots", "1",
                 "--out", tmp_path / "v.safetensors")
     assert_one_line_error(r, "--tune-encoder needs a CNN encoder")
+
+
+def test_pose_exposure_augmentation_is_seeded_and_keeps_flat_images_flat():
+    from fsiad.fewshot.methods.regad_train import augment_pose_exposure
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    a = augment_pose_exposure(x, torch.Generator().manual_seed(5))
+    b = augment_pose_exposure(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    assert not torch.allclose(a, x, atol=1e-2)
+    flat = torch.full((6, 3, 16, 16), 0.5)
+    y = augment_pose_exposure(flat, torch.Generator().manual_seed(1))  # pose changes nothing on a flat image
+    per_image = y.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-5)
+    assert ((per_image[:, 0] >= 0.5 * 0.7 - 0.1 - 1e-6) & (per_image[:, 0] <= 0.5 * 1.3 + 0.1 + 1e-6)).all()
+    assert per_image[:, 0].std() > 0.01  # each image its own exposure
+
+
+def test_augmented_pairs_train_the_cascade(tmp_path):
+    meta = train_regad(_cfg(tmp_path / "aug.safetensors", tune_encoder=True, augment_pairs=True, epochs=2,
+                            val_fraction=0.2), progress=False)
+    assert meta["training"]["config"]["augment_pairs"] is True and len(meta["curve"]) == 2
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["val_loss"]])).all() for r in meta["curve"])
+    m = create_method("regad", MethodConfig(weights=str(tmp_path / "aug.safetensors"), batch_size=16))
+    g = torch.Generator().manual_seed(4)
+    r = m.fit(torch.rand(2, 3, SIZE, SIZE, generator=g)).predict(torch.rand(2, 3, SIZE, SIZE, generator=g))
+    assert torch.isfinite(r.anomaly_maps).all()
+    bad = run_cli("train", "regad", "--synthetic", "1", "--augment-pairs", "--out", tmp_path / "b.safetensors")
+    assert_one_line_error(bad, "--augment-pairs needs --tune-encoder")

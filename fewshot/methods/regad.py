@@ -121,7 +121,8 @@ class RegAD(AnomalyMethod):
         re-runs each stage on the previous stage's warped output; ``--tune-encoder`` does that
         (CNN encoders; the stem and the stages before the first feature layer stay frozen so
         their output can be cached; encoder batch norms keep their ImageNet statistics; encoder
-        lr 1e-4 as the paper, STNs and heads at ``--lr``). Without it fsiad's STNs sit on FROZEN
+        lr 1e-4 as the paper, STNs and heads at ``--lr``; ``--augment-pairs``, not in the paper,
+        gives every training image its own random pose and exposure). Without it fsiad's STNs sit on FROZEN
         stage outputs (any encoder: CNN stages or ViT patch grids): stage ``l`` is warped by the
         composite of the earlier stages' transforms before its STN predicts the next one.
         Because the encoder is not re-run on warped features, warping the STN outputs back

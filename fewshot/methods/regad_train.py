@@ -61,6 +61,11 @@ class TrainConfig:
             the stages from the first feature layer on are fine-tuned at ``encoder_lr`` and each
             STN's warped output feeds the next stage; the stages before it are frozen and cached.
         encoder_lr: SGD learning rate of the fine-tuned encoder stages (paper: 1e-4).
+        augment_pairs: with ``tune_encoder``, every query and support image of a training batch
+            gets its own random pose (rotation up to +-30 degrees, shift up to 0.1 of the
+            half-side) and exposure (gain 0.7-1.3, offset +-0.1) before the frozen stages: a
+            registration signal where the categories have none, and exposure invariance (not in
+            the paper; validation pairs are not augmented).
     """
 
     out: str
@@ -85,6 +90,7 @@ class TrainConfig:
     allow_random: bool = False
     tune_encoder: bool = False
     encoder_lr: float = 1e-4
+    augment_pairs: bool = False
 
 
 def sidecar(path: str | Path) -> Path:
@@ -324,7 +330,7 @@ def _describe_cfg(cfg: TrainConfig) -> dict[str, Any]:
             "batch_size", "lr", "momentum", "val_fraction", "seed", "stn_mode", "image_size")
     d = asdict(cfg)
     if cfg.tune_encoder:  # recorded only when on: checkpoints of the frozen variant keep their config
-        keep = (*keep, "tune_encoder", "encoder_lr")
+        keep = (*keep, "tune_encoder", "encoder_lr", *(("augment_pairs",) if cfg.augment_pairs else ()))
     if d["root"] is not None:
         d["root"] = str(Path(d["root"]).expanduser().resolve())
     return {k: d[k] for k in keep}
@@ -359,6 +365,8 @@ def train_regad(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str],
                              ("images_per_category", cfg.images_per_category, 2)):
         if value < low:
             raise TrainError(f"{name} must be >= {low}, got {value}")
+    if cfg.augment_pairs and not cfg.tune_encoder:
+        raise TrainError("--augment-pairs needs --tune-encoder (frozen features cannot learn from it)")
     if not cfg.lr > 0 or not 0 <= cfg.val_fraction < 1 or cfg.synthetic < 0:
         raise TrainError("lr must be > 0, val_fraction in [0, 1), synthetic >= 0")
     from fsiad.fewshot.fileio import OutputLock
@@ -434,6 +442,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 optimizer.state[p]["momentum_buffer"] = tensors[f"optim.{i}"].clone()
         meta["epochs_done"], meta["curve"] = int(pmeta.get("epochs_done", 0)), list(pmeta.get("curve", []))
         meta["training"]["encode_seconds"] = pmeta["training"].get("encode_seconds")
+    augmented = cfg.tune_encoder and cfg.augment_pairs  # the pools then hold images, not prefix maps
     steps_per_epoch = math.ceil(sum(v[0].shape[0] for v in train.values()) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=meta["epochs_done"] * steps_per_epoch, unit="step",
                desc="train regad", file=sys.stderr, disable=not progress or sys.stderr is None, dynamic_ncols=True)
@@ -454,7 +463,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 if batch_hook is not None:
                     batch_hook([c for c, _, _ in chunk])
                 query, support = make_batch(train, chunk)
-                loss = _loss(net, query, support, cfg.shots)
+                loss = _loss(net, query, support, cfg.shots, _pair_inputs(encoder, net, gen) if augmented else None)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -464,7 +473,8 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 bar.set_postfix(epoch=epoch + 1, loss=f"{total / max(count, 1):.4f}")
             row = {"epoch": epoch + 1, "lr": lr, "loss": total / max(count, 1)}
             if val:
-                row["val_loss"] = validation_loss(net, val, train, cfg)
+                row["val_loss"] = validation_loss(net, val, train, cfg,
+                                                  _pair_inputs(encoder, net, None) if augmented else None)
             row["seconds"] = round(time.perf_counter() - t_epoch, 1)
             meta["curve"].append(row)
             meta["epochs_done"] = epoch + 1
@@ -479,7 +489,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
 
 @torch.no_grad()
 def validation_loss(net: Any, val: dict[str, list[torch.Tensor]], train: dict[str, list[torch.Tensor]],
-                    cfg: TrainConfig) -> float:
+                    cfg: TrainConfig, inputs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Mean loss on validation queries of the training categories (eval-mode BN; fixed supports)."""
     net.eval()
     items = val_episodes(val, train, cfg.shots, torch.Generator().manual_seed(cfg.seed + 7))
@@ -487,17 +497,45 @@ def validation_loss(net: Any, val: dict[str, list[torch.Tensor]], train: dict[st
     for b in range(0, len(items), cfg.batch_size):
         chunk = items[b : b + cfg.batch_size]
         query, support = make_batch(val, chunk, supports_from=train)
-        total += float(_loss(net, query, support, cfg.shots)) * len(chunk)
+        total += float(_loss(net, query, support, cfg.shots, inputs)) * len(chunk)
         count += len(chunk)
     net.train()
     return total / max(count, 1)
 
 
-def _loss(net: Any, query: list[torch.Tensor], support: list[torch.Tensor], shots: int) -> torch.Tensor:
-    """The registration loss of a batch (a cascade reads its one cached prefix map per image)."""
+def _loss(net: Any, query: list[torch.Tensor], support: list[torch.Tensor], shots: int,
+          inputs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The registration loss of a batch (a cascade reads one cached tensor per image: its prefix
+    map, or with ``inputs`` the image that ``inputs`` turns into one)."""
     if hasattr(net, "prefix"):
-        return net.loss(query[0], support[0], shots)
+        q, s = (query[0], support[0]) if inputs is None else (inputs(query[0]), inputs(support[0]))
+        return net.loss(q, s, shots)
     return net.loss(query, support, shots)
+
+
+def augment_pose_exposure(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each ``[N, 3, S, S]`` image in [0, 1] turned by up to +-30 degrees, shifted by up to 0.1 of
+    the half-side (bilinear, reflection padding), then gain 0.7-1.3 and offset +-0.1, clamped."""
+    import torch.nn.functional as F
+
+    n = images.shape[0]
+    a = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(30)
+    t = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.1
+    theta = torch.stack([torch.cos(a), -torch.sin(a), t[:, 0], torch.sin(a), torch.cos(a), t[:, 1]], 1).view(n, 2, 3)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.3
+    offset = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.1
+    return (x * gain.to(x) + offset.to(x)).clamp(0, 1)
+
+
+def _pair_inputs(encoder: Any, net: Any, generator: torch.Generator | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Cached images -> frozen-prefix maps, augmented (``augment_pose_exposure``) when a generator is given."""
+    def run(images: torch.Tensor) -> torch.Tensor:
+        x = images if generator is None else augment_pose_exposure(images, generator)
+        with torch.no_grad():
+            return net.prefix(encoder.stem(x))
+    return run
 
 
 def _cascade_setup(cfg: TrainConfig, pools: dict[str, list[Any]], encoder: Any, layers: Sequence[Any]):
@@ -519,9 +557,10 @@ def _cascade_setup(cfg: TrainConfig, pools: dict[str, list[Any]], encoder: Any, 
             for i in range(0, len(items), 16):
                 chunk = items[i : i + 16]
                 imgs = pre.images([read_image(x) if isinstance(x, (str, Path)) else x for x in chunk])
-                maps.append(probe.prefix(encoder.stem(imgs)).cpu())
+                maps.append(imgs if cfg.augment_pairs else probe.prefix(encoder.stem(imgs)).cpu())
             feats[name] = [torch.cat(maps)]
-        x = next(iter(feats.values()))[0][:1].to(encoder.device)
+        x = next(iter(feats.values()))[0][:1]
+        x = probe.prefix(encoder.stem(x)) if cfg.augment_pairs else x.to(encoder.device)
         shapes = []
         for stage_name, stage in zip(names[start:], probe.stages[start:], strict=True):
             x = stage(x)
