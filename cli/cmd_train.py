@@ -52,6 +52,9 @@ def train_group() -> None:
               help="SGD learning rate of the fine-tuned stages (with --tune-encoder; paper: 1e-4).")
 @click.option("--augment-pairs", is_flag=True,
               help="With --tune-encoder: random pose and exposure for every training image (not in the paper).")
+@click.option("--identity-prior", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of a penalty on the batch-mean STN transform (a turn common to every image "
+                   "registers nothing); 0 = the paper's loss.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
@@ -64,7 +67,7 @@ def train_regad_command(dataset: str, root: str | None, categories: str | None, 
                         synthetic: int, images_per_category: int, encoder: str, layers: str | None,
                         image_size: int, stn_mode: str, shots: int, epochs: int, batch_size: int, lr: float,
                         val_fraction: float, tune_encoder: bool, encoder_lr: float, augment_pairs: bool,
-                        seed: int, device: str,
+                        identity_prior: float, seed: int, device: str,
                         out: str, resume: bool, overwrite: bool, quiet: bool, allow_random: bool) -> None:
     """Meta-train RegAD on other categories (the target held out with --exclude); writes OUT + OUT.json.
 
@@ -82,6 +85,7 @@ def train_regad_command(dataset: str, root: str | None, categories: str | None, 
                       encoder=encoder, layers=parsed_layers, image_size=image_size, stn_mode=stn_mode, shots=shots,
                       epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
                       tune_encoder=tune_encoder, encoder_lr=encoder_lr, augment_pairs=augment_pairs,
+                      identity_prior=identity_prior,
                       device=resolve_device(device), allow_random=allow_random)
     meta = train_regad(cfg, progress=not quiet and sys.stderr is not None, resume=resume, overwrite=overwrite,
                        log=lambda line: click.echo(line, err=True))

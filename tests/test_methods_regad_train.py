@@ -1,6 +1,7 @@
 """RegAD registration network: identity STNs, meta-training, checkpoints, held-out target, CLI errors."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from fsiad.fewshot.methods.regad_net import RegistrationNet, compose, identity_t
 from fsiad.fewshot.methods.regad_train import (
     CheckpointError,
     TrainConfig,
+    TrainError,
     load_net,
     read_checkpoint,
     save_checkpoint,
@@ -295,3 +297,32 @@ def test_augmented_pairs_train_the_cascade(tmp_path):
     assert torch.isfinite(r.anomaly_maps).all()
     bad = run_cli("train", "regad", "--synthetic", "1", "--augment-pairs", "--out", tmp_path / "b.safetensors")
     assert_one_line_error(bad, "--augment-pairs needs --tune-encoder")
+
+
+def test_mean_transform_penalty_ignores_per_image_spread_and_charges_a_common_turn():
+    from fsiad.fewshot.methods.regad_net import mean_transform_penalty, registration_loss, theta_from_params
+
+    shifts = theta_from_params(torch.tensor([[0.2, -0.1], [-0.2, 0.1]]), "translation")  # average: identity
+    assert float(mean_transform_penalty([shifts, identity_theta(3)])) == pytest.approx(0.0, abs=1e-12)
+    a = 0.3
+    turn = theta_from_params(torch.full((4, 1), a), "rotation")
+    assert float(mean_transform_penalty([turn])) == pytest.approx(4 * (1 - math.cos(a)), rel=1e-6)
+    # the loss with the prior = the paper's loss + prior x the penalty of query and support transforms
+    torch.manual_seed(0)
+    net = RegistrationNet([5, 7], [(12, 12), (6, 6)], "rotation").eval()
+    q = [torch.randn(2, 5, 12, 12), torch.randn(2, 7, 6, 6)]
+    s = [torch.randn(4, 5, 12, 12), torch.randn(4, 7, 6, 6)]
+    with torch.no_grad():
+        net.stn[1].fc[2].bias.fill_(a)  # every image turned by a at stage 2
+        rq, rs = net.register(q), net.register(s)
+        plain = registration_loss(net, rq, rs, 2)
+        assert float(net.loss(q, s, 2, prior=0.5)) == pytest.approx(
+            float(plain + 0.5 * (mean_transform_penalty(rq[1]) + mean_transform_penalty(rs[1]))), rel=1e-6)
+        assert float(net.loss(q, s, 2, prior=0.5)) > float(net.loss(q, s, 2)) + 0.5 * 2 * 4 * (1 - math.cos(a)) * 0.99
+
+
+def test_identity_prior_is_recorded_and_divergence_is_a_one_line_error(tmp_path):
+    meta = train_regad(_cfg(tmp_path / "p.safetensors", identity_prior=0.05, epochs=1), progress=False)
+    assert meta["training"]["config"]["identity_prior"] == 0.05
+    with pytest.raises(TrainError, match="diverged"):
+        train_regad(_cfg(tmp_path / "d.safetensors", lr=1e12, epochs=2), progress=False)

@@ -122,7 +122,9 @@ class RegAD(AnomalyMethod):
         (CNN encoders; the stem and the stages before the first feature layer stay frozen so
         their output can be cached; encoder batch norms keep their ImageNet statistics; encoder
         lr 1e-4 as the paper, STNs and heads at ``--lr``; ``--augment-pairs``, not in the paper,
-        gives every training image its own random pose and exposure). Without it fsiad's STNs sit on FROZEN
+        gives every training image its own random pose and exposure; ``--identity-prior W``,
+        also not in the paper, adds W x the squared distance of the batch-mean transform from the
+        identity to the loss). Without it fsiad's STNs sit on FROZEN
         stage outputs (any encoder: CNN stages or ViT patch grids): stage ``l`` is warped by the
         composite of the earlier stages' transforms before its STN predicts the next one.
         Because the encoder is not re-run on warped features, warping the STN outputs back

@@ -150,6 +150,25 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
+def mean_transform_penalty(thetas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of ``||mean over the batch of Theta_l - I||^2``: zero when the transforms
+    average to the identity, whatever each image's own transform (a common turn or zoom of every
+    image registers nothing; it only resamples the maps)."""
+    eye = torch.eye(2, 3, device=thetas[0].device, dtype=thetas[0].dtype)
+    return sum(((t.mean(0) - eye) ** 2).sum() for t in thetas)
+
+
+def registration_loss(heads: nn.Module, query: tuple[list[torch.Tensor], list[torch.Tensor]],
+                      support: tuple[list[torch.Tensor], list[torch.Tensor]], shots: int,
+                      prior: float = 0.0) -> torch.Tensor:
+    """``siamese_loss`` of the last registered maps of ``register`` outputs, plus ``prior`` x the
+    ``mean_transform_penalty`` of query and support transforms."""
+    loss = siamese_loss(heads, query[0][-1], support[0][-1], shots)
+    if prior:
+        loss = loss + prior * (mean_transform_penalty(query[1]) + mean_transform_penalty(support[1]))
+    return loss
+
+
 def _add_stns_and_heads(net: nn.Module, channels: Sequence[int], grids: Sequence[Sequence[int]], mode: str) -> None:
     """One STN per feature stage and the Siamese heads on the last one (identity STNs)."""
     net.channels = [int(c) for c in channels]
@@ -198,14 +217,16 @@ class RegistrationNet(nn.Module):
             thetas.append(total)
         return out, thetas
 
-    def loss(self, query: Sequence[torch.Tensor], support: Sequence[torch.Tensor], shots: int) -> torch.Tensor:
-        """Symmetric negative-cosine registration loss.
+    def loss(self, query: Sequence[torch.Tensor], support: Sequence[torch.Tensor], shots: int,
+             prior: float = 0.0) -> torch.Tensor:
+        """Symmetric negative-cosine registration loss (+ ``prior`` x ``mean_transform_penalty``).
 
         Args:
             query: per-stage ``[B, C, h, w]`` frozen features of B query images.
             support: per-stage ``[B * shots, C, h, w]`` (``shots`` supports per query, grouped).
+            prior: weight of the penalty on the batch-mean transform (0: the paper's loss).
         """
-        return siamese_loss(self, self.register(query)[0][-1], self.register(support)[0][-1], shots)
+        return registration_loss(self, self.register(query), self.register(support), shots, prior)
 
 
 class CascadeRegistration(nn.Module):
@@ -274,7 +295,7 @@ class CascadeRegistration(nn.Module):
                     break
         return out, thetas
 
-    def loss(self, query: torch.Tensor, support: torch.Tensor, shots: int) -> torch.Tensor:
-        """Symmetric negative-cosine loss; ``query`` ``[B, ...]`` and ``support`` ``[B * shots, ...]``
-        are ``prefix`` outputs (supports grouped per query)."""
-        return siamese_loss(self, self.register(query)[0][-1], self.register(support)[0][-1], shots)
+    def loss(self, query: torch.Tensor, support: torch.Tensor, shots: int, prior: float = 0.0) -> torch.Tensor:
+        """Symmetric negative-cosine loss (+ ``prior`` x ``mean_transform_penalty``); ``query``
+        ``[B, ...]`` and ``support`` ``[B * shots, ...]`` are ``prefix`` outputs (supports grouped)."""
+        return registration_loss(self, self.register(query), self.register(support), shots, prior)

@@ -66,6 +66,9 @@ class TrainConfig:
             half-side) and exposure (gain 0.7-1.3, offset +-0.1) before the frozen stages: a
             registration signal where the categories have none, and exposure invariance (not in
             the paper; validation pairs are not augmented).
+        identity_prior: weight of ``regad_net.mean_transform_penalty`` added to the loss (not in
+            the paper): a transform common to the whole batch is penalised, each image's own
+            deviation from it is not (0 = the paper's loss).
     """
 
     out: str
@@ -91,6 +94,7 @@ class TrainConfig:
     tune_encoder: bool = False
     encoder_lr: float = 1e-4
     augment_pairs: bool = False
+    identity_prior: float = 0.0
 
 
 def sidecar(path: str | Path) -> Path:
@@ -331,6 +335,8 @@ def _describe_cfg(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     if cfg.tune_encoder:  # recorded only when on: checkpoints of the frozen variant keep their config
         keep = (*keep, "tune_encoder", "encoder_lr", *(("augment_pairs",) if cfg.augment_pairs else ()))
+    if cfg.identity_prior:
+        keep = (*keep, "identity_prior")
     if d["root"] is not None:
         d["root"] = str(Path(d["root"]).expanduser().resolve())
     return {k: d[k] for k in keep}
@@ -367,8 +373,8 @@ def train_regad(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str],
             raise TrainError(f"{name} must be >= {low}, got {value}")
     if cfg.augment_pairs and not cfg.tune_encoder:
         raise TrainError("--augment-pairs needs --tune-encoder (frozen features cannot learn from it)")
-    if not cfg.lr > 0 or not 0 <= cfg.val_fraction < 1 or cfg.synthetic < 0:
-        raise TrainError("lr must be > 0, val_fraction in [0, 1), synthetic >= 0")
+    if not cfg.lr > 0 or not 0 <= cfg.val_fraction < 1 or cfg.synthetic < 0 or cfg.identity_prior < 0:
+        raise TrainError("lr must be > 0, val_fraction in [0, 1), synthetic >= 0, identity_prior >= 0")
     from fsiad.fewshot.fileio import OutputLock
 
     with OutputLock(out.parent, "fsiad train regad"):
@@ -463,10 +469,15 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 if batch_hook is not None:
                     batch_hook([c for c, _, _ in chunk])
                 query, support = make_batch(train, chunk)
-                loss = _loss(net, query, support, cfg.shots, _pair_inputs(encoder, net, gen) if augmented else None)
+                loss = _loss(net, query, support, cfg.shots, _pair_inputs(encoder, net, gen) if augmented else None,
+                             cfg.identity_prior)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if not (torch.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in params)):
+                    # a diverged STN would hand non-finite grids to grid_sample next step (a crash)
+                    raise TrainError(f"training diverged in epoch {epoch + 1} (non-finite loss or weights); "
+                                     "lower --lr or --identity-prior; the checkpoint keeps the last finished epoch")
                 total += float(loss.detach()) * len(chunk)
                 count += len(chunk)
                 bar.update(1)
@@ -497,20 +508,20 @@ def validation_loss(net: Any, val: dict[str, list[torch.Tensor]], train: dict[st
     for b in range(0, len(items), cfg.batch_size):
         chunk = items[b : b + cfg.batch_size]
         query, support = make_batch(val, chunk, supports_from=train)
-        total += float(_loss(net, query, support, cfg.shots, inputs)) * len(chunk)
+        total += float(_loss(net, query, support, cfg.shots, inputs, cfg.identity_prior)) * len(chunk)
         count += len(chunk)
     net.train()
     return total / max(count, 1)
 
 
 def _loss(net: Any, query: list[torch.Tensor], support: list[torch.Tensor], shots: int,
-          inputs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+          inputs: Callable[[torch.Tensor], torch.Tensor] | None = None, prior: float = 0.0) -> torch.Tensor:
     """The registration loss of a batch (a cascade reads one cached tensor per image: its prefix
     map, or with ``inputs`` the image that ``inputs`` turns into one)."""
     if hasattr(net, "prefix"):
         q, s = (query[0], support[0]) if inputs is None else (inputs(query[0]), inputs(support[0]))
-        return net.loss(q, s, shots)
-    return net.loss(query, support, shots)
+        return net.loss(q, s, shots, prior)
+    return net.loss(query, support, shots, prior)
 
 
 def augment_pose_exposure(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
