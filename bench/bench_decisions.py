@@ -46,13 +46,6 @@ def command(name: str, seed: int, out: Path) -> list[str]:
     return [*base, "--normal", str(folder / "train" / "good"), str(folder / "test")]
 
 
-def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(-scores, kind="stable")
-    y = labels[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(1 - y)
-    f1 = 2 * tp / (tp + fp + y.sum())
-    return float(f1.max())
 
 
 def _sweep(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +55,11 @@ def _sweep(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     last = np.r_[s[1:] != s[:-1], True]  # one point per distinct score (ties flagged together)
     tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
     return fp / max(int((labels == 0).sum()), 1), 2 * tp / (tp + fp + y.sum())
+
+
+def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Best F1 over every threshold of the scores."""
+    return float(_sweep(scores, labels)[1].max())
 
 
 def best_f1_within(scores: np.ndarray, labels: np.ndarray, fpr_cap: float) -> float:

@@ -230,29 +230,28 @@ class RegAD(AnomalyMethod):
         inverse of its composite transform. ``frame="registered"``: every stage warped by the
         final composite transform ``Theta_L`` (kept in ``self._theta`` to warp the map back).
         """
-        if self.net is not None and hasattr(self.net, "prefix"):  # fine-tuned STN-encoder (the paper's)
-            with torch.inference_mode(), self.encoder.autocast():
-                reg, thetas = self.net.register(self.net.prefix(self.encoder.stem(images)))
-                reg = [r.float() for r in reg]
-            if self.opts["frame"] == "input":
-                out = [warp(r, invert(t)) for r, t in zip(reg, thetas, strict=True)]
-                self._theta = None
-            else:  # layer l is in the frame of Theta_l: the remaining transforms take it to Theta_L
-                out = [warp(r, compose(invert(t), thetas[-1])) for r, t in zip(reg[:-1], thetas[:-1], strict=True)]
-                out.append(reg[-1])
-                self._theta = thetas[-1].cpu()
-            return [o.permute(0, 2, 3, 1).float().cpu() for o in out]
-        feats = self.encoder.patch_features(images, self.layers)
-        if self.net is None:
-            return feats
-        x = [f.permute(0, 3, 1, 2).to(self.encoder.device) for f in feats]
+        cascade = self.net is not None and hasattr(self.net, "prefix")  # the paper's fine-tuned STN-encoder
+        if not cascade:
+            feats = self.encoder.patch_features(images, self.layers)
+            if self.net is None:
+                return feats
+            x = [f.permute(0, 3, 1, 2).to(self.encoder.device) for f in feats]
         with torch.inference_mode():
-            reg, thetas = self.net.register(x)
+            if cascade:
+                with self.encoder.autocast():
+                    reg, thetas = self.net.register(self.net.prefix(self.encoder.stem(images)))
+                reg = [r.float() for r in reg]
+            else:
+                reg, thetas = self.net.register(x)
             if self.opts["frame"] == "input":
                 out = [warp(r, invert(t)) for r, t in zip(reg, thetas, strict=True)]
                 self._theta = None
             else:
-                out = [warp(f, thetas[-1]) for f in x[:-1]] + [reg[-1]]
+                if cascade:  # layer l is in the frame of Theta_l: the remaining transforms take it to Theta_L
+                    out = [warp(r, compose(invert(t), thetas[-1])) for r, t in zip(reg[:-1], thetas[:-1], strict=True)]
+                else:  # frozen features: every stage warped once, from the original map, by Theta_L
+                    out = [warp(f, thetas[-1]) for f in x[:-1]]
+                out.append(reg[-1])
                 self._theta = thetas[-1].cpu()
         return [o.permute(0, 2, 3, 1).float().cpu() for o in out]
 

@@ -141,19 +141,23 @@ def gather_images(cfg: TrainConfig) -> dict[str, list[Any]]:
     return pools
 
 
-def encode_pools(pools: dict[str, list[Any]], encoder: Any, layers: Sequence[Any], size: int,
-                 batch: int = 16) -> dict[str, list[torch.Tensor]]:
-    """Frozen per-stage features ``[N, C, h, w]`` of every pool image (encoded once)."""
+def pool_batches(items: Sequence[Any], size: int, batch: int = 16):
+    """Prepared ``[B, 3, size, size]`` image batches of a pool (paths are read, arrays taken as they are)."""
     from fsiad.fewshot.data.io import read_image
     from fsiad.fewshot.preprocess import Preprocess
 
     pre = Preprocess(size, interpolation="bicubic")
+    for i in range(0, len(items), batch):
+        yield pre.images([read_image(x) if isinstance(x, (str, Path)) else x for x in items[i : i + batch]])
+
+
+def encode_pools(pools: dict[str, list[Any]], encoder: Any, layers: Sequence[Any], size: int,
+                 batch: int = 16) -> dict[str, list[torch.Tensor]]:
+    """Frozen per-stage features ``[N, C, h, w]`` of every pool image (encoded once)."""
     out: dict[str, list[torch.Tensor]] = {}
     for name, items in pools.items():
         per_layer: list[list[torch.Tensor]] = [[] for _ in layers]
-        for i in range(0, len(items), batch):
-            chunk = items[i : i + batch]
-            imgs = pre.images([read_image(x) if isinstance(x, (str, Path)) else x for x in chunk])
+        for imgs in pool_batches(items, size, batch):
             for slot, f in zip(per_layer, encoder.patch_features(imgs, list(layers)), strict=True):
                 slot.append(f.permute(0, 3, 1, 2).contiguous())
         out[name] = [torch.cat(s) for s in per_layer]
@@ -550,34 +554,20 @@ def _pair_inputs(encoder: Any, net: Any, generator: torch.Generator | None) -> C
 
 
 def _cascade_setup(cfg: TrainConfig, pools: dict[str, list[Any]], encoder: Any, layers: Sequence[Any]):
-    """(cascade net, cached frozen-prefix maps per category as one-entry lists, channels, grids)."""
-    from fsiad.fewshot.data.io import read_image
+    """(cascade net, cached frozen-prefix maps (or images, with ``augment_pairs``) per category as
+    one-entry lists, channels, grids)."""
     from fsiad.fewshot.methods.regad_net import CascadeRegistration
-    from fsiad.fewshot.preprocess import Preprocess
 
     stages = cascade_stages(encoder, layers)
-    names = [n for n, _ in stages]
-    start = names.index(str(layers[0]))
-    probe = CascadeRegistration(stages, [str(x) for x in layers], [1] * len(layers), [(1, 1)] * len(layers),
-                                cfg.stn_mode, start)
-    pre = Preprocess(cfg.image_size, interpolation="bicubic")
+    start = [n for n, _ in stages].index(str(layers[0]))
+    first = encoder.patch_features(next(pool_batches(next(iter(pools.values())), cfg.image_size, 1)), list(layers))
+    channels = [int(f.shape[-1]) for f in first]
+    grids = [[int(f.shape[1]), int(f.shape[2])] for f in first]  # the stage copies have the encoder's shapes
+    net = CascadeRegistration(stages, [str(x) for x in layers], channels, grids, cfg.stn_mode, start)
     feats: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for name, items in pools.items():
-            maps = []
-            for i in range(0, len(items), 16):
-                chunk = items[i : i + 16]
-                imgs = pre.images([read_image(x) if isinstance(x, (str, Path)) else x for x in chunk])
-                maps.append(imgs if cfg.augment_pairs else probe.prefix(encoder.stem(imgs)).cpu())
+            maps = [imgs if cfg.augment_pairs else net.prefix(encoder.stem(imgs)).cpu()
+                    for imgs in pool_batches(items, cfg.image_size)]
             feats[name] = [torch.cat(maps)]
-        x = next(iter(feats.values()))[0][:1]
-        x = probe.prefix(encoder.stem(x)) if cfg.augment_pairs else x.to(encoder.device)
-        shapes = []
-        for stage_name, stage in zip(names[start:], probe.stages[start:], strict=True):
-            x = stage(x)
-            if stage_name in probe.layers:
-                shapes.append(x.shape)
-    channels = [int(sh[1]) for sh in shapes]
-    grids = [[int(sh[2]), int(sh[3])] for sh in shapes]
-    net = CascadeRegistration(stages, [str(x) for x in layers], channels, grids, cfg.stn_mode, start)
     return net.to(encoder.device), feats, channels, grids
