@@ -51,7 +51,8 @@ def train_group() -> None:
 @click.option("--encoder-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="SGD learning rate of the fine-tuned stages (with --tune-encoder; paper: 1e-4).")
 @click.option("--augment-pairs", is_flag=True,
-              help="With --tune-encoder: random pose and exposure for every training image (not in the paper).")
+              help="A random pose for every training image (not in the paper): its cached features are "
+                   "warped, or with --tune-encoder the image itself, with a random exposure too.")
 @click.option("--identity-prior", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of a penalty on the batch-mean STN transform (a turn common to every image "
                    "registers nothing); 0 = the paper's loss.")

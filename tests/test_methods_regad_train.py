@@ -295,8 +295,41 @@ def test_augmented_pairs_train_the_cascade(tmp_path):
     g = torch.Generator().manual_seed(4)
     r = m.fit(torch.rand(2, 3, SIZE, SIZE, generator=g)).predict(torch.rand(2, 3, SIZE, SIZE, generator=g))
     assert torch.isfinite(r.anomaly_maps).all()
-    bad = run_cli("train", "regad", "--synthetic", "1", "--augment-pairs", "--out", tmp_path / "b.safetensors")
-    assert_one_line_error(bad, "--augment-pairs needs --tune-encoder")
+
+
+def test_feature_pose_is_one_seeded_transform_per_image_at_every_stage():
+    from fsiad.fewshot.methods.regad_net import warp
+    from fsiad.fewshot.methods.regad_train import augment_feature_pose, random_pose
+
+    g = torch.Generator().manual_seed(0)
+    fine = torch.rand(3, 5, 16, 16, generator=g)
+    coarse = torch.nn.functional.avg_pool2d(fine, 2)
+    a = augment_feature_pose([fine, coarse], torch.Generator().manual_seed(7))
+    b = augment_feature_pose([fine, coarse], torch.Generator().manual_seed(7))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    theta = random_pose(3, torch.Generator().manual_seed(7))  # the same draw, applied by hand
+    assert torch.allclose(a[0], warp(fine, theta)) and torch.allclose(a[1], warp(coarse, theta))
+    turns = torch.atan2(theta[:, 1, 0], theta[:, 0, 0])
+    assert turns.abs().max() <= math.radians(30) and turns.std() > 0.01  # each image its own pose
+    assert not torch.allclose(a[0], fine, atol=1e-2)
+    flat = [torch.full((2, 4, 8, 8), 0.25)]
+    assert torch.allclose(augment_feature_pose(flat, g)[0], flat[0])  # reflection padding: nothing enters
+
+
+def test_augmented_pairs_train_the_frozen_variant(tmp_path):
+    """Frozen encoder: the poses warp the cached features (every training step), not validation."""
+    plain = train_regad(_cfg(tmp_path / "p.safetensors", epochs=2, val_fraction=0.2), progress=False)
+    meta = train_regad(_cfg(tmp_path / "a.safetensors", epochs=2, val_fraction=0.2, augment_pairs=True),
+                       progress=False)
+    assert meta["training"]["config"]["augment_pairs"] is True and "augment_pairs" not in plain["training"]["config"]
+    assert "tune_encoder" not in meta["training"]["config"]
+    assert [r["loss"] for r in meta["curve"]] != [r["loss"] for r in plain["curve"]]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["val_loss"]) for r in meta["curve"])
+    r = run_cli("train", "regad", "--synthetic", "2", "--images-per-category", "6", "--image-size", str(SIZE),
+                "--shots", "2", "--epochs", "1", "--batch-size", "4", "--augment-pairs", "-q",
+                "--out", tmp_path / "cli.safetensors")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "cli.json").read_text())["training"]["config"]["augment_pairs"] is True
 
 
 def test_mean_transform_penalty_ignores_per_image_spread_and_charges_a_common_turn():

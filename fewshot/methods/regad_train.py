@@ -61,11 +61,13 @@ class TrainConfig:
             the stages from the first feature layer on are fine-tuned at ``encoder_lr`` and each
             STN's warped output feeds the next stage; the stages before it are frozen and cached.
         encoder_lr: SGD learning rate of the fine-tuned encoder stages (paper: 1e-4).
-        augment_pairs: with ``tune_encoder``, every query and support image of a training batch
-            gets its own random pose (rotation up to +-30 degrees, shift up to 0.1 of the
-            half-side) and exposure (gain 0.7-1.3, offset +-0.1) before the frozen stages: a
-            registration signal where the categories have none, and exposure invariance (not in
-            the paper; validation pairs are not augmented).
+        augment_pairs: every query and support image of a training batch gets its own random
+            pose (rotation up to +-30 degrees, shift up to 0.1 of the half-side): a registration
+            signal where the categories have none (not in the paper; validation pairs are not
+            augmented). With ``tune_encoder`` the image is posed, and given a random exposure
+            (gain 0.7-1.3, offset +-0.1), before the frozen stages; on the frozen encoder the
+            pose warps its cached feature maps (one transform for all stages of an image), as
+            the test-time support augmentation turns the supports the STNs must register back.
         identity_prior: weight of ``regad_net.mean_transform_penalty`` added to the loss (not in
             the paper): a transform common to the whole batch is penalised, each image's own
             deviation from it is not (0 = the paper's loss).
@@ -338,7 +340,9 @@ def _describe_cfg(cfg: TrainConfig) -> dict[str, Any]:
             "batch_size", "lr", "momentum", "val_fraction", "seed", "stn_mode", "image_size")
     d = asdict(cfg)
     if cfg.tune_encoder:  # recorded only when on: checkpoints of the frozen variant keep their config
-        keep = (*keep, "tune_encoder", "encoder_lr", *(("augment_pairs",) if cfg.augment_pairs else ()))
+        keep = (*keep, "tune_encoder", "encoder_lr")
+    if cfg.augment_pairs:
+        keep = (*keep, "augment_pairs")
     if cfg.identity_prior:
         keep = (*keep, "identity_prior")
     if d["root"] is not None:
@@ -375,8 +379,6 @@ def train_regad(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str],
                              ("images_per_category", cfg.images_per_category, 2)):
         if value < low:
             raise TrainError(f"{name} must be >= {low}, got {value}")
-    if cfg.augment_pairs and not cfg.tune_encoder:
-        raise TrainError("--augment-pairs needs --tune-encoder (frozen features cannot learn from it)")
     if not cfg.lr > 0 or not 0 <= cfg.val_fraction < 1 or cfg.synthetic < 0 or cfg.identity_prior < 0:
         raise TrainError("lr must be > 0, val_fraction in [0, 1), synthetic >= 0, identity_prior >= 0")
     from fsiad.fewshot.fileio import OutputLock
@@ -473,6 +475,8 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 if batch_hook is not None:
                     batch_hook([c for c, _, _ in chunk])
                 query, support = make_batch(train, chunk)
+                if cfg.augment_pairs and not cfg.tune_encoder:
+                    query, support = augment_feature_pose(query, gen), augment_feature_pose(support, gen)
                 loss = _loss(net, query, support, cfg.shots, _pair_inputs(encoder, net, gen) if augmented else None,
                              cfg.identity_prior)
                 optimizer.zero_grad(set_to_none=True)
@@ -528,17 +532,29 @@ def _loss(net: Any, query: list[torch.Tensor], support: list[torch.Tensor], shot
     return net.loss(query, support, shots, prior)
 
 
-def augment_pose_exposure(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each ``[N, 3, S, S]`` image in [0, 1] turned by up to +-30 degrees, shifted by up to 0.1 of
-    the half-side (bilinear, reflection padding), then gain 0.7-1.3 and offset +-0.1, clamped."""
-    import torch.nn.functional as F
-
-    n = images.shape[0]
+def random_pose(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n, 2, 3]`` affine maps: a turn of up to +-30 degrees and a shift of up to 0.1 of the half-side."""
     a = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(30)
     t = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.1
-    theta = torch.stack([torch.cos(a), -torch.sin(a), t[:, 0], torch.sin(a), torch.cos(a), t[:, 1]], 1).view(n, 2, 3)
-    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
-    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return torch.stack([torch.cos(a), -torch.sin(a), t[:, 0], torch.sin(a), torch.cos(a), t[:, 1]], 1).view(n, 2, 3)
+
+
+def augment_feature_pose(maps: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Per-stage feature maps ``[N, C, h, w]`` of N images, each image warped by its own
+    ``random_pose`` (the same one at every stage; bilinear, reflection padding)."""
+    from fsiad.fewshot.methods.regad_net import warp
+
+    theta = random_pose(maps[0].shape[0], generator)
+    return [warp(m, theta.to(m.device)) for m in maps]
+
+
+def augment_pose_exposure(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each ``[N, 3, S, S]`` image in [0, 1] posed by ``random_pose`` (bilinear, reflection
+    padding), then gain 0.7-1.3 and offset +-0.1, clamped."""
+    from fsiad.fewshot.methods.regad_net import warp
+
+    n = images.shape[0]
+    x = warp(images, random_pose(n, generator).to(images.device))
     gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.3
     offset = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.1
     return (x * gain.to(x) + offset.to(x)).clamp(0, 1)
