@@ -209,8 +209,13 @@ CHOOSABLE = ("mid+last", "mid", "mid+last" + GLOBAL, "mid" + GLOBAL)
 #: the global term is kept only when it removes at least this share of the synthetic global
 #: defects' ranking errors of its base (``(AUROC_with - AUROC_without) / (1 - AUROC_without)``)
 GLOBAL_MIN_GAIN = 0.5
-#: ... and costs the local defects' AUROC at most this much
+#: ... and costs the local defects' AUROC at most this much, or at most ``GLOBAL_LOSS_PER_GAIN``
+#: of its global AUROC gain when that is more (both kinds have the same number of synthetic
+#: defects, so AUROC differences count ranking errors alike)
 GLOBAL_MAX_LOCAL_LOSS = 0.02
+#: local AUROC the term may cost per unit of global AUROC it gains (it must remove at least twice
+#: as many global ranking errors as it adds local ones)
+GLOBAL_LOSS_PER_GAIN = 0.5
 
 
 def global_helps(results: dict[str, dict[str, float]], cand: str) -> bool:
@@ -220,7 +225,10 @@ def global_helps(results: dict[str, dict[str, float]], cand: str) -> bool:
     appearance is homogeneous (a texture: the term removes nearly all the global errors); where
     normals vary (several part types), the term trades noise for a partial gain, which the
     real, mostly local, defects then pay for. Synthetic global defects are always caught
-    better with the term, so the bar is relative, not "any gain".
+    better with the term, so the bar is relative, not "any gain". The local cost allowed is
+    0.02 AUROC, or half the global gain when that is more: with 16 local defects against 16
+    held-out normal views one AUROC point is ~2.6 ranking pairs, and a term that removes every
+    global error (textile seed 2: 0.902 -> 1.0) was refused for 6 local pairs (0.965 -> 0.941).
     """
     base, with_global = split_candidate(cand)
     if not with_global:
@@ -230,7 +238,8 @@ def global_helps(results: dict[str, dict[str, float]], cand: str) -> bool:
     b, g = results[base], results[cand]
     headroom = 1.0 - b["global"]
     gain = (g["global"] - b["global"]) / headroom if headroom > 1e-9 else 0.0
-    return gain >= GLOBAL_MIN_GAIN and g["local"] >= b["local"] - GLOBAL_MAX_LOCAL_LOSS
+    allowed = max(GLOBAL_MAX_LOCAL_LOSS, GLOBAL_LOSS_PER_GAIN * (g["global"] - b["global"]))
+    return gain >= GLOBAL_MIN_GAIN and g["local"] >= b["local"] - allowed
 
 
 def choose(results: dict[str, dict[str, float]], tol: float = 0.005) -> str:
