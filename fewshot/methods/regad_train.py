@@ -454,7 +454,10 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 optimizer.state[p]["momentum_buffer"] = tensors[f"optim.{i}"].clone()
         meta["epochs_done"], meta["curve"] = int(pmeta.get("epochs_done", 0)), list(pmeta.get("curve", []))
         meta["training"]["encode_seconds"] = pmeta["training"].get("encode_seconds")
-    augmented = cfg.tune_encoder and cfg.augment_pairs  # the pools then hold images, not prefix maps
+    # the cascade's pools hold images when augmented (posed before the frozen prefix); the frozen
+    # variant's augmentation poses its cached feature maps
+    images_cached = cfg.tune_encoder and cfg.augment_pairs
+    pose_features = cfg.augment_pairs and not cfg.tune_encoder
     steps_per_epoch = math.ceil(sum(v[0].shape[0] for v in train.values()) / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=meta["epochs_done"] * steps_per_epoch, unit="step",
                desc="train regad", file=sys.stderr, disable=not progress or sys.stderr is None, dynamic_ncols=True)
@@ -475,9 +478,9 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
                 if batch_hook is not None:
                     batch_hook([c for c, _, _ in chunk])
                 query, support = make_batch(train, chunk)
-                if cfg.augment_pairs and not cfg.tune_encoder:
+                if pose_features:
                     query, support = augment_feature_pose(query, gen), augment_feature_pose(support, gen)
-                loss = _loss(net, query, support, cfg.shots, _pair_inputs(encoder, net, gen) if augmented else None,
+                loss = _loss(net, query, support, cfg.shots, _pair_inputs(encoder, net, gen) if images_cached else None,
                              cfg.identity_prior)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -493,7 +496,7 @@ def _train_locked(cfg: TrainConfig, out: Path, *, progress: bool, log: Callable[
             row = {"epoch": epoch + 1, "lr": lr, "loss": total / max(count, 1)}
             if val:
                 row["val_loss"] = validation_loss(net, val, train, cfg,
-                                                  _pair_inputs(encoder, net, None) if augmented else None)
+                                                  _pair_inputs(encoder, net, None) if images_cached else None)
             row["seconds"] = round(time.perf_counter() - t_epoch, 1)
             meta["curve"].append(row)
             meta["epochs_done"] = epoch + 1
