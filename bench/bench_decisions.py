@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--reuse", action="store_true", help="re-read existing outputs instead of scoring again")
     args = ap.parse_args()
-    if "object" in args.sets and not (SYNTH / "object").exists():
+    if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture")):
         from bench.bench_selfconfig import make_data
 
         make_data()

@@ -55,6 +55,8 @@ def make_data() -> None:
         make_mvtec_dataset(DATA, ["wide"], image_size=460, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
     if not (DATA / "object").exists():
         make_mvtec_dataset(DATA, ["object"], image_size=256, n_train=8, n_test_good=20, n_test_defect=20, seed=3)
+    if not (DATA / "texture").exists():  # woven texture, local defects (bench_decisions)
+        make_mvtec_dataset(DATA, ["texture"], image_size=256, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
 
 
 def eval_command(name: str, opts: list[str], seeds: str, out: Path) -> list[str]:
