@@ -13,6 +13,10 @@ import click
 from fsiad.cli.options import method_config_from, method_options
 from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMOS
 
+#: = ``fsiad.fewshot.workflow.thresholds.DEFAULT_TARGET_FPR`` (a test checks), not imported: that
+#: module imports torch, and ``--help`` stays fast without it
+DEFAULT_TARGET_FPR = 0.05
+
 
 def _apply(f: Callable, opts: list[Callable]) -> Callable:
     for opt in reversed(opts):
@@ -39,8 +43,9 @@ def reference_options(f: Callable) -> Callable:
                           "favours recall), 'fpr' (the tail fit at --target-fpr alone: favours few false alarms), "
                           "'max' or 'mean+<k>std'."),
         click.option("--target-fpr", type=click.FloatRange(min=0, max=0.5, min_open=True, max_open=True),
-                     default=0.01, show_default=True,
-                     help="False-alarm rate on normal parts that the 'tail' rule aims at."),
+                     default=DEFAULT_TARGET_FPR, show_default=True,
+                     help="False-alarm rate on normal parts that the 'tail' rule aims at (its threshold "
+                          "expects at most 2x this; 'fpr': this rate)."),
     ])
 
 

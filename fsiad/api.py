@@ -47,7 +47,7 @@ def fit(normal: PathLike | None = None, shots: int = 4, method: str = "knn", *, 
         seed: seed of the reference draw. threshold: a fixed decision threshold, else
             calibrated on the references: ``threshold_rule`` (default ``tail``: a robust tail fit
             of the references' leave-one-out scores at ``target_fpr``, odd references left out;
-            or ``max`` / ``mean+<k>std``), ``target_fpr`` (default 0.01).
+            or ``max`` / ``mean+<k>std``), ``target_fpr`` (default 0.05).
         encoder, device, image_size: encoder settings (``device="auto"``: CUDA, MPS, CPU).
         options: method options (``fsiad methods NAME`` lists them), e.g. ``{"layers": [11]}``.
         demo: ``"textile"`` to draw references from the embedded demo set instead.

@@ -138,8 +138,8 @@ def test_json_summary_is_the_only_stdout_and_masks_match(tree, tmp_path):
     assert rows[0].split(",")[5:] == ["defect_type", "width", "height", "defect_area_px", "defect_area_pct",
                                       "defect_boxes", "image_term"]
     run = json.loads((out / "run.json").read_text())
-    assert run["n_flagged"] == 4 and run["threshold"]["target_fpr"] == 0.01
-    assert 0 <= run["threshold"]["expected_fpr"] <= 0.1 + 1e-9  # at most the floor's 10 x target
+    assert run["n_flagged"] == 4 and run["threshold"]["target_fpr"] == 0.05  # the default
+    assert 0 <= run["threshold"]["expected_fpr"] <= 0.1 + 1e-9  # at most the floor's 2 x target
 
 
 def test_image_wide_change_is_named_in_scores_json_and_console(tmp_path):

@@ -10,6 +10,7 @@ from fsiad.fewshot.methods import MethodConfig, create_method
 from fsiad.fewshot.methods.knn import augment_shots
 from fsiad.fewshot.workflow.runner import decision, fit_references
 from fsiad.fewshot.workflow.thresholds import (
+    DEFAULT_TARGET_FPR,
     N_VIEWS,
     SYNTH_KINDS,
     ThresholdRule,
@@ -120,15 +121,16 @@ def _tail_numpy(x: np.ndarray, fpr: float, groups: int) -> float:
 def test_bounded_threshold_matches_independent_computation(case):
     rng = np.random.default_rng(3)
     normal = np.exp(rng.normal(np.log(2.0), 0.3, 28))
-    tail, floor = _tail_numpy(normal, 0.01, 4), _tail_numpy(normal, 0.1, 4)
+    target = 0.05  # the default; the floor is the fit's point at 2 x the target
+    tail, floor = _tail_numpy(normal, target, 4), _tail_numpy(normal, 2 * target, 4)
     mid = np.sqrt(tail * floor)
     defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "very far": np.linspace(8 * tail, 12 * tail, 12),
                "near": np.full(12, 2 * mid),
                "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
                "low": np.linspace(0.2 * floor, 2 * tail, 12)}[case]
-    got = bounded_threshold(normal, defects, 0.01, n_groups=4)
+    got = bounded_threshold(normal, defects, target, n_groups=4)
     q = np.sort(defects)[2] + 0.75 * (np.sort(defects)[3] - np.sort(defects)[2])  # 0.25 quantile of 12, by hand
-    # half the defects' 0.25 quantile, at most 3 x the tail fit, not below the 10 x target point
+    # half the defects' 0.25 quantile, at most 3 x the tail fit, not below the 2 x target point
     want = max(min(q / 2, 3 * tail), floor)
     assert got["bound"] == ("floor" if floor > q / 2 else "capped" if q / 2 > 3 * tail else
                             "raised" if q / 2 > tail else "defects")
@@ -141,7 +143,8 @@ def test_bounded_threshold_matches_independent_computation(case):
     sigma = max(1.4826 * np.median(np.abs(lx - np.median(lx))), 0.1) * np.sqrt(1.25)
     want_fpr = float(norm.sf((np.log(want) - np.median(lx)) / sigma))
     assert got["expected_fpr"] == pytest.approx(want_fpr, rel=1e-6)
-    assert floor - 1e-12 <= got["threshold"] and (got["expected_fpr"] < 0.01) == (got["threshold"] > tail)
+    assert floor - 1e-12 <= got["threshold"] and (got["expected_fpr"] < target) == (got["threshold"] > tail)
+    assert got["expected_fpr"] <= 2 * target + 1e-12
     assert got["bound"] == {"far": "raised", "very far": "capped", "near": "defects", "between": "floor",
                             "low": "floor"}[case]
 
@@ -190,7 +193,7 @@ def test_synthetic_defects_bound_the_threshold(refs):
     # --threshold-rule fpr: the same tail fit at the target, the target as the expected rate
     fpr = calibrate_loo(m, refs, ThresholdRule.parse("fpr"))
     assert fpr.defect_scores == [] and fpr.rule == "fpr" and fpr.threshold == pytest.approx(old.threshold)
-    assert fpr.expected_fpr == fpr.target_fpr == 0.01 and fpr.threshold >= cal.threshold - 1e-12
+    assert fpr.expected_fpr == fpr.target_fpr == DEFAULT_TARGET_FPR == 0.05 and fpr.threshold >= cal.threshold - 1e-12
     # a defect of every kind is scored above its own reference (PixelDiff sees any change)
     assert all(min(ds) > s for ds, s in zip(cal.defect_scores, cal.loo_scores, strict=True))
 
@@ -221,3 +224,19 @@ def test_capped_raise_is_described(refs, monkeypatch):
     assert cal.fit["bound"] == "capped" and cal.fit["tail"] < cal.threshold < half
     assert cal.threshold == pytest.approx(thresholds.RAISE_CAP * cal.fit["tail"])
     assert "x the tail fit" in cal.description and "synthetic-defect scores is higher" in cal.description
+
+
+def test_expected_false_alarm_rate_never_above_twice_the_target():
+    """Whatever the synthetic defects say, the threshold's expected false-alarm rate under the
+    normal fit is at most 2 x the target (the floor), and the CLI states the module's default."""
+    from fsiad.cli.workflow_options import DEFAULT_TARGET_FPR as CLI_DEFAULT
+
+    assert CLI_DEFAULT == DEFAULT_TARGET_FPR
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        normal = np.exp(rng.normal(rng.uniform(-2, 3), rng.uniform(0.05, 1.0), int(rng.integers(4, 40))))
+        defects = np.exp(rng.normal(np.log(normal).mean() + rng.uniform(-3, 4), rng.uniform(0.1, 2.0), 16))
+        target = float(rng.choice([0.01, 0.02, 0.05, 0.1]))
+        got = bounded_threshold(normal, defects, target, n_groups=4)
+        assert 0.0 <= got["expected_fpr"] <= 2 * target + 1e-9, (target, got)
+        assert got["threshold"] >= got["floor"] - 1e-12 and got["threshold"] <= 3 * got["tail"] + 1e-9

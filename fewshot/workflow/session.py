@@ -500,7 +500,7 @@ class InspectionSession:
     def rule(self) -> ThresholdRule:
         """The parsed threshold rule (``OptionError`` when invalid)."""
         if not 0.0 < float(self.target_fpr) < 0.5:
-            raise OptionError(f"--target-fpr {self.target_fpr}: must be between 0 and 0.5 (e.g. 0.01)")
+            raise OptionError(f"--target-fpr {self.target_fpr}: must be between 0 and 0.5 (e.g. 0.05)")
         if isinstance(self.threshold_rule, ThresholdRule):
             return self.threshold_rule
         try:
