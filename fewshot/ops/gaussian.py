@@ -63,7 +63,9 @@ class GaussianAccumulator:
         chol, info = torch.linalg.cholesky_ex(cov)
         if int(info.max()) > 0:
             raise ValueError(f"gaussian: covariance not positive definite (eps={eps} too small)")
-        return GaussianStats((mean_d + self.shift).float(), cov.float(), chol.float())
+        # row-major like a loaded state: solve_triangular's result depends on the factor's strides
+        # (cholesky returns it column-major), so a saved and reloaded model would differ by ~1e-6
+        return GaussianStats((mean_d + self.shift).float(), cov.float(), chol.float().contiguous())
 
 
 def fit_gaussian(features: torch.Tensor, eps: float = 0.01) -> GaussianStats:
