@@ -28,8 +28,9 @@ def score(targets: tuple[Path, ...], out: Path, normal: Path | None, demo: str |
     fitted on the other K-1) and of lighting/noise views of them: --threshold-rule tail (default)
     fits a robust log-normal tail at --target-fpr (default 5 %), leaving out (and naming) a
     reference unlike the others, and places the threshold between the normals and synthetic
-    defects, not lower than the fit's point at 2 x the target; decision: anomalous when score >= threshold. Targets under
-    good/ ok/ normal/ nominal/ and sibling defect folders are labelled from the folder names.
+    defects, not lower than the fit's point at 2 x the target; decision: anomalous when
+    score >= threshold. Targets under good/ ok/ normal/ nominal/ and sibling defect folders are
+    labelled from the folder names.
 
     OUT may not overlap --normal, TARGETs or --labels, and is locked while a run uses it.
     scores.csv grows as targets are scored, so an interrupted run keeps its scores; rerunning
