@@ -12,10 +12,7 @@ from typing import Any
 import click
 from fsiad.cli.options import method_config_from, method_options
 from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMOS
-
-#: = ``fsiad.fewshot.workflow.thresholds.DEFAULT_TARGET_FPR`` (a test checks), not imported: that
-#: module imports torch, and ``--help`` stays fast without it
-DEFAULT_TARGET_FPR = 0.05
+from fsiad.fewshot.workflow.rule_defaults import DEFAULT_RULE, DEFAULT_TARGET_FPR
 
 
 def _apply(f: Callable, opts: list[Callable]) -> Callable:
@@ -37,7 +34,7 @@ def reference_options(f: Callable) -> Callable:
                      help="Use the embedded demo set (references from its nominal pool, targets a seeded mix)."),
         click.option("--threshold", type=float, default=None,
                      help="Decision threshold on the image score (default: calibrated on the references)."),
-        click.option("--threshold-rule", default="tail", show_default=True,
+        click.option("--threshold-rule", default=DEFAULT_RULE, show_default=True,
                      help="Rule over the leave-one-out scores of the references: 'tail' (robust tail fit at "
                           "--target-fpr, odd references left out, placed between normals and synthetic defects: "
                           "favours recall), 'fpr' (the tail fit at --target-fpr alone: favours few false alarms), "

@@ -92,10 +92,9 @@ import numpy as np
 import torch
 from fsiad.fewshot.data.base import Sample
 from fsiad.fewshot.methods.base import AnomalyMethod
+from fsiad.fewshot.workflow.rule_defaults import DEFAULT_RULE, DEFAULT_TARGET_FPR  # also imported from here
 
 _MEAN_STD = re.compile(r"^mean\+(\d+(?:\.\d+)?)std$")
-DEFAULT_RULE = "tail"
-DEFAULT_TARGET_FPR = 0.05
 N_VIEWS = 6
 GAINS = (0.93, 1.07)
 GAMMAS = (0.9, 1.1)
