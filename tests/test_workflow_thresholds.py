@@ -15,6 +15,7 @@ from fsiad.fewshot.workflow.thresholds import (
     SYNTH_KINDS,
     ThresholdRule,
     bounded_threshold,
+    defect_bound,
     calibrate_loo,
     loo_unavailable_reason,
     tail_fit,
@@ -117,25 +118,39 @@ def _tail_numpy(x: np.ndarray, fpr: float, groups: int) -> float:
     return float(np.exp(mu + norm.ppf(1 - fpr) * sigma))
 
 
-@pytest.mark.parametrize("case", ["far", "near", "between", "low", "very far"])
+def _weakest_kind_median(rows: np.ndarray) -> float:
+    """Independent bound: per kind (column) the middle of its sorted scores, lowest kind."""
+    meds = []
+    for col in np.asarray(rows, dtype=float).T:
+        c, n = sorted(col), len(col)
+        meds.append(c[n // 2] if n % 2 else 0.5 * (c[n // 2 - 1] + c[n // 2]))
+    return min(meds)
+
+
+@pytest.mark.parametrize("case", ["far", "near", "between", "low", "very far", "one blind kind"])
 def test_bounded_threshold_matches_independent_computation(case):
     rng = np.random.default_rng(3)
     normal = np.exp(rng.normal(np.log(2.0), 0.3, 28))
     target = 0.05  # the default; the floor is the fit's point at 2 x the target
     tail, floor = _tail_numpy(normal, target, 4), _tail_numpy(normal, 2 * target, 4)
     mid = np.sqrt(tail * floor)
+    # 4 held-out references (rows) x 3 or 4 kinds (columns)
     defects = {"far": np.linspace(4 * tail, 8 * tail, 12), "very far": np.linspace(8 * tail, 12 * tail, 12),
                "near": np.full(12, 2 * mid),
                "between": np.r_[np.full(4, mid), np.linspace(20, 30, 8)],
-               "low": np.linspace(0.2 * floor, 2 * tail, 12)}[case]
+               "low": np.linspace(0.2 * floor, 2 * tail, 12),
+               # one kind scored like the normals, two far above: the blind kind bounds the threshold
+               "one blind kind": np.r_[np.linspace(0.6 * tail, 0.9 * tail, 4), np.linspace(20 * tail, 30 * tail, 12)],
+               }[case].reshape(-1, 4).T
     got = bounded_threshold(normal, defects, target, n_groups=4)
-    q = np.sort(defects)[2] + 0.75 * (np.sort(defects)[3] - np.sort(defects)[2])  # 0.25 quantile of 12, by hand
-    # half the defects' 0.25 quantile, at most 3 x the tail fit, not below the 2 x target point
-    want = max(min(q / 2, 3 * tail), floor)
-    assert got["bound"] == ("floor" if floor > q / 2 else "capped" if q / 2 > 3 * tail else
-                            "raised" if q / 2 > tail else "defects")
+    d = _weakest_kind_median(defects)
+    # half the weakest kind's median, at most 3 x the tail fit, not below the 2 x target point
+    want = max(min(d / 2, 3 * tail), floor)
+    assert got["bound"] == ("floor" if floor > d / 2 else "capped" if d / 2 > 3 * tail else
+                            "raised" if d / 2 > tail else "defects")
     assert got["threshold"] == pytest.approx(want, rel=1e-9) and got["tail"] == pytest.approx(tail, rel=1e-9)
-    assert got["defect_bound"] == pytest.approx(q) and got["floor"] == pytest.approx(floor, rel=1e-9)
+    assert got["defect_bound"] == pytest.approx(d) and got["floor"] == pytest.approx(floor, rel=1e-9)
+    assert got["n_defects"] == defects.size and len(got["defect_kinds"]) == defects.shape[1]
     # expected false-alarm rate: the fitted normal law's exceedance of the threshold
     from scipy.stats import norm
 
@@ -146,7 +161,17 @@ def test_bounded_threshold_matches_independent_computation(case):
     assert floor - 1e-12 <= got["threshold"] and (got["expected_fpr"] < target) == (got["threshold"] > tail)
     assert got["expected_fpr"] <= 2 * target + 1e-12
     assert got["bound"] == {"far": "raised", "very far": "capped", "near": "defects", "between": "floor",
-                            "low": "floor"}[case]
+                            "low": "floor", "one blind kind": "floor"}[case]
+    if case == "one blind kind":  # the pooled 0.25 quantile (the former bound) would have raised it
+        assert np.quantile(defects, 0.25) / 2 > 3 * tail > got["threshold"]
+
+
+def test_defect_bound_skips_missing_scores_and_accepts_one_kind():
+    rows = [[1.0, 5.0, np.nan], [3.0, 7.0, np.nan], [2.0, 6.0, np.nan], []]
+    d, medians, n = defect_bound(rows)
+    assert (d, medians, n) == (2.0, [2.0, 6.0], 6)
+    assert defect_bound([4.0, 1.0, 9.0]) == (4.0, [4.0], 3)  # flat: one kind
+    assert defect_bound([[], []]) == (None, [], 0)
 
 
 def test_floor_never_above_the_tail_fit():
@@ -172,12 +197,14 @@ def test_bounded_threshold_without_defects_is_the_tail_fit():
 
 def test_synthetic_defects_bound_the_threshold(refs):
     """PixelDiff on striped parts: synthetic defects are scored under each LOO model and the
-    threshold never exceeds max(their 0.25 quantile, the floor), nor the tail fit."""
+    threshold never exceeds max(the weakest kind's median, the floor), nor the tail fit."""
     m = create_method("wf_pixdiff", MethodConfig())
     cal = calibrate_loo(m, refs, ThresholdRule())
     assert len(cal.defect_scores) == len(refs) and all(len(d) == len(SYNTH_KINDS) for d in cal.defect_scores)
-    d = np.concatenate(cal.defect_scores)
-    assert cal.fit["defect_bound"] == pytest.approx(np.quantile(d, 0.25))
+    d = np.asarray(cal.defect_scores)  # references x kinds
+    assert cal.fit["defect_bound"] == pytest.approx(np.median(d, axis=0).min())
+    assert cal.fit["weakest_kind"] == SYNTH_KINDS[int(np.argmin(np.median(d, axis=0)))]
+    assert cal.fit["weakest_kind"] in cal.description or cal.fit["bound"] == "tail"
     assert cal.threshold <= max(cal.fit["defect_bound"], cal.fit["floor"]) + 1e-12
     if cal.fit["bound"] == "raised":
         assert cal.threshold == pytest.approx(cal.fit["defect_bound"] / 2) > cal.fit["tail"]
@@ -223,7 +250,8 @@ def test_capped_raise_is_described(refs, monkeypatch):
     cal = calibrate_loo(m, refs, ThresholdRule())
     assert cal.fit["bound"] == "capped" and cal.fit["tail"] < cal.threshold < half
     assert cal.threshold == pytest.approx(thresholds.RAISE_CAP * cal.fit["tail"])
-    assert "x the tail fit" in cal.description and "synthetic-defect scores is higher" in cal.description
+    assert "x the tail fit" in cal.description and "synthetic-defect kinds" in cal.description
+    assert "is higher" in cal.description
 
 
 def test_expected_false_alarm_rate_never_above_twice_the_target():
@@ -235,7 +263,7 @@ def test_expected_false_alarm_rate_never_above_twice_the_target():
     rng = np.random.default_rng(11)
     for _ in range(200):
         normal = np.exp(rng.normal(rng.uniform(-2, 3), rng.uniform(0.05, 1.0), int(rng.integers(4, 40))))
-        defects = np.exp(rng.normal(np.log(normal).mean() + rng.uniform(-3, 4), rng.uniform(0.1, 2.0), 16))
+        defects = np.exp(rng.normal(np.log(normal).mean() + rng.uniform(-3, 4), rng.uniform(0.1, 2.0), (4, 4)))
         target = float(rng.choice([0.01, 0.02, 0.05, 0.1]))
         got = bounded_threshold(normal, defects, target, n_groups=4)
         assert 0.0 <= got["expected_fpr"] <= 2 * target + 1e-9, (target, got)
