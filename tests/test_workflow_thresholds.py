@@ -15,8 +15,8 @@ from fsiad.fewshot.workflow.thresholds import (
     SYNTH_KINDS,
     ThresholdRule,
     bounded_threshold,
-    defect_bound,
     calibrate_loo,
+    defect_bound,
     loo_unavailable_reason,
     tail_fit,
 )
