@@ -13,13 +13,21 @@ from click.testing import CliRunner
 from fsiad.cli.main import app
 from fsiad.fewshot.data.base import DatasetError
 from fsiad.fewshot.workflow.render import colormap, overlay
-from fsiad.fewshot.workflow.report import histogram_svg
+from fsiad.fewshot.workflow.report import histogram_svg, table
 from fsiad.fewshot.workflow.targets import collect_images, output_names, read_labels_csv
 from PIL import Image
 
 from tests.workflow_helpers import make_inspection_tree, register_test_methods
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_tables_round_floats_for_people():
+    """Floats show 6 significant digits (0.1 + 9e-17 reads 0.1); other values as given, escaped."""
+    html = table({"expected false-alarm rate": 0.10000000000000009, "image_auroc": 0.9713888888888889,
+                  "n": 120, "rule": "<tail>", "none": None})
+    cells = re.findall(r"<td>(.*?)</td>", html)
+    assert cells == ["0.1", "0.971389", "120", "&lt;tail&gt;", ""]
 
 
 def test_collect_images_recursive_sorted_dedup(tmp_path):

@@ -33,8 +33,11 @@ code{font-size:.9em}
 
 
 def _cell(value: Any) -> str:
+    """A table cell: nested values as JSON, floats to 6 significant digits (run.json keeps them whole)."""
     if isinstance(value, (dict, list)):
         return f"<code>{escape(json.dumps(value, default=str))}</code>"
+    if isinstance(value, float):
+        return escape(f"{value:.6g}")
     return escape("" if value is None else str(value))
 
 
