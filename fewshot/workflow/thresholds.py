@@ -110,8 +110,8 @@ MIN_LOG_SCALE = 0.1
 MAD_TO_SIGMA = 1.4826
 #: synthetic defects (``fsiad.fewshot.data.defects``) made on each held-out reference (step 4)
 SYNTH_KINDS = ("cutpaste", "blend", "scratch", "blob")
-#: the threshold is kept at or below the weakest synthetic-defect kind's median score (see
-#: ``defect_bound``) / RAISE_MARGIN ... but not below the tail fit at this multiple of the target false-alarm rate
+#: the threshold is kept at or below the weakest synthetic-defect kind's median score / RAISE_MARGIN
+#: (``defect_bound``) ... but not below the tail fit at this multiple of the target false-alarm rate
 FLOOR_FPR_FACTOR = 2.0
 #: a tail fit below that median / RAISE_MARGIN is raised to it (positive scores only) ...
 RAISE_MARGIN = 2.0
@@ -451,8 +451,8 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         space = "log-normal" if fit["space"] == "log" else "normal"
         half = fit["space"] == "log"
         kinds = fit["defect_kinds"]
-        weakest = (SYNTH_KINDS[int(np.argmin(kinds))] if len(kinds) == len(SYNTH_KINDS) else "") if kinds else ""
-        fit["weakest_kind"] = weakest or None
+        weakest = SYNTH_KINDS[int(np.argmin(kinds))] if len(kinds) == len(SYNTH_KINDS) else None
+        fit["weakest_kind"] = weakest
         what = (f"the median score of {weakest + ', ' if weakest else ''}the weakest of {len(kinds)} synthetic-defect "
                 f"kinds ({fit['n_defects']} scores)")
         how = {"tail": f"robust {space} tail fit at a target false-alarm rate of {target_fpr:g}",
