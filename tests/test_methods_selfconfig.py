@@ -288,3 +288,19 @@ def test_knn_reports_its_global_term_as_image_terms():
     assert res.image_terms is not None and float(res.image_terms[0]) > 0 and float(res.image_terms[1]) == 0.0
     assert torch.allclose(res.image_scores - res.image_terms, off.predict(both).image_scores, atol=1e-4)
     assert off.predict(both).image_terms is None
+
+
+def test_knn_states_a_typical_log_spread_only_for_normalised_scores():
+    """The threshold's scale prior needs scores in normal-patch units: preset=auto (and fixed
+    multi-member presets) normalise; a single fixed member scores raw distances."""
+    from fsiad.fewshot.methods.base import AnomalyMethod
+    from fsiad.fewshot.methods.knn import NORMAL_LOG_SPREAD
+
+    refs = _refs(3)
+    auto = _random_knn().fit(refs)
+    assert auto.norm and auto.normal_log_spread == NORMAL_LOG_SPREAD == 0.25
+    both = _random_knn(preset="mid+last").fit(refs)
+    assert both.normal_log_spread == NORMAL_LOG_SPREAD
+    assert _random_knn(preset="mid").fit(refs).normal_log_spread is None
+    assert _random_knn().normal_log_spread is None  # not fitted: nothing to say
+    assert AnomalyMethod.normal_log_spread.fget(auto) is None  # the base class states no prior

@@ -12,6 +12,7 @@ from fsiad.fewshot.workflow.runner import decision, fit_references
 from fsiad.fewshot.workflow.thresholds import (
     DEFAULT_TARGET_FPR,
     N_VIEWS,
+    PRIOR_GROUPS,
     SYNTH_KINDS,
     ThresholdRule,
     bounded_threshold,
@@ -268,3 +269,46 @@ def test_expected_false_alarm_rate_never_above_twice_the_target():
         got = bounded_threshold(normal, defects, target, n_groups=4)
         assert 0.0 <= got["expected_fpr"] <= 2 * target + 1e-9, (target, got)
         assert got["threshold"] >= got["floor"] - 1e-12 and got["threshold"] <= 3 * got["tail"] + 1e-9
+
+
+def test_tail_fit_pools_the_methods_typical_scale():
+    """The measured log-scale counts K references, the method's typical one PRIOR_GROUPS (2);
+    independent computation. No prior on the raw scale; a prior equal to the measured scale
+    changes nothing."""
+    from scipy.stats import norm
+
+    assert PRIOR_GROUPS == 2
+    close = [4.88, 4.41, 4.52, 6.00]  # four references that agree by chance (textile seed 4)
+    lx = np.log(close)
+    s_m = max(1.4826 * np.median(np.abs(lx - np.median(lx))), 0.1)
+    s = np.sqrt((4 * s_m ** 2 + 2 * 0.25 ** 2) / 6) * np.sqrt(1 + 1 / 4)
+    got = tail_fit(close, 0.05, 4, prior_scale=0.25)
+    assert got["sigma_measured"] == pytest.approx(s_m) and got["prior_scale"] == 0.25
+    assert got["sigma"] == pytest.approx(s, rel=1e-12) and s > s_m * np.sqrt(1.25)  # widened
+    assert got["threshold"] == pytest.approx(float(np.exp(np.median(lx) + norm.ppf(0.95) * s)), rel=1e-12)
+    assert tail_fit(close, 0.05, 4)["sigma"] == pytest.approx(s_m * np.sqrt(1.25))  # no prior: as before
+    wide = np.exp(np.log(5.0) + np.array([-0.6, -0.2, 0.2, 0.6]))  # references that disagree: narrowed
+    assert tail_fit(wide, 0.05, 4, prior_scale=0.25)["sigma"] < tail_fit(wide, 0.05, 4)["sigma"]
+    same = tail_fit(close, 0.05, 4, prior_scale=s_m)
+    assert same["sigma"] == pytest.approx(s_m * np.sqrt(1.25))
+    lin = tail_fit([-1.0, 0.0, 1.0], 0.05, 3, prior_scale=0.25)
+    assert lin["prior_scale"] is None and lin["sigma"] == pytest.approx(tail_fit([-1.0, 0.0, 1.0], 0.05, 3)["sigma"])
+    # the floor uses the same pooled scale, so the threshold's expected rate stays <= 2 x target
+    got = bounded_threshold(close, [[1.0] * 4] * 4, 0.05, 4, prior_scale=0.25)
+    assert got["floor"] == pytest.approx(float(np.exp(np.median(lx) + norm.ppf(0.9) * s)), rel=1e-12)
+    assert got["bound"] == "floor" and got["expected_fpr"] == pytest.approx(0.1)
+
+
+def test_calibration_uses_the_methods_typical_scale(refs, monkeypatch):
+    """calibrate_loo pools the method's ``normal_log_spread`` and says so in the description."""
+    m = create_method("wf_pixdiff", MethodConfig())
+    plain = calibrate_loo(m, refs, ThresholdRule())
+    assert plain.fit["prior_scale"] is None and "pooled" not in plain.description
+    monkeypatch.setattr(type(m), "normal_log_spread", property(lambda self: 0.25))
+    cal = calibrate_loo(m, refs, ThresholdRule())
+    assert cal.loo_scores == pytest.approx(plain.loo_scores)
+    assert cal.fit["prior_scale"] == 0.25 and cal.fit["sigma_measured"] == pytest.approx(plain.fit["sigma_measured"])
+    k = len(refs) - len(cal.fit["excluded"])
+    want = np.sqrt((k * plain.fit["sigma_measured"] ** 2 + 2 * 0.25 ** 2) / (k + 2)) * np.sqrt(1 + 1 / k)
+    assert cal.fit["sigma"] == pytest.approx(want, rel=1e-9)
+    assert "pooled with the method's typical 0.25" in cal.description

@@ -131,6 +131,14 @@ class AnomalyMethod(ABC):
         (knn's global term) says ``False``."""
         return True
 
+    @property
+    def normal_log_spread(self) -> float | None:
+        """Typical log-scale (sigma of log scores) of normal image scores across parts, for
+        methods whose scores have a part-independent meaning; the threshold calibration pools
+        the scale it measures on a few references with it (``thresholds.tail_fit``). ``None``
+        (the default): no such prior; the measured scale alone."""
+        return None
+
     def prepare(self, samples: Sequence[Sample]) -> Any:
         """Load and preprocess dataset samples into what ``fit`` / ``predict`` take.
 
