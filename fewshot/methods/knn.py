@@ -57,8 +57,8 @@ DEFAULT_SIZE = 224
 AUGMENTS = ("none", "flips", "rot4", "dihedral8")
 #: typical log-scale of the normalised image scores of normal parts (``normal_log_spread``): the
 #: test normals of every set measured spread 0.20-0.65 (robust sigma of log scores; 27 runs of 5
-#: sets, BENCHMARKS.md "Default few-shot threshold"), while four references can show a scale
-#: of 0.09. The threshold fit pools its measured scale with this one.
+#: sets, BENCHMARKS.md "Default few-shot threshold"), while the leave-one-out scores of four
+#: references can agree to 0.10 or less. The threshold fit pools its measured scale with this one.
 NORMAL_LOG_SPREAD = 0.25
 PRESETS = ("auto", "mid", "last", "mid+last")
 GEOMETRIES = ("native", "square")
