@@ -2,9 +2,9 @@
 
 Run from the repository root (2 CPU cores; one at a time)::
 
-    OMP_WAIT_POLICY=PASSIVE python -m bench.bench_decisions [--sets demo magnetic_tile object] [--seeds 0,1,2]
+    OMP_WAIT_POLICY=PASSIVE python -m bench.bench_decisions [--sets demo magnetic_tile object] [--seeds 0,1,2] [--shots 4]
 
-Each row is the real ``fsiad score --shots 4`` command (default method and threshold rule,
+Each row is the real ``fsiad score --shots 4`` command (``--shots K`` for other counts; default method and threshold rule,
 no ``-o``) on one set and seed; recall and the false-alarm rate are read from the run's
 ``scores.csv`` decisions against the labels (folder names), F1-max over every threshold of the
 same scores. ``object`` is the synthetic MVTec-layout set of ``bench.bench_selfconfig``.
@@ -36,8 +36,8 @@ SYNTH = ROOT / "runs" / "bench_selfconfig" / "data"
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
 
 
-def command(name: str, seed: int, out: Path) -> list[str]:
-    base = [FSIAD, "score", "--shots", "4", "--seed", str(seed), "--out", str(out), "-q", "--overwrite"]
+def command(name: str, seed: int, out: Path, shots: int = 4) -> list[str]:
+    base = [FSIAD, "score", "--shots", str(shots), "--seed", str(seed), "--out", str(out), "-q", "--overwrite"]
     if name == "demo":
         return [*base, "--demo", "textile"]
     if name == "magnetic_tile":
@@ -75,11 +75,11 @@ def min_fpr_for(scores: np.ndarray, labels: np.ndarray, share: float = 0.9) -> f
     return float(fpr[f1 >= share * f1.max() - 1e-12].min())
 
 
-def measure(name: str, seed: int, reuse: bool = False) -> dict:
-    out = OUT / f"{name}{seed}"
+def measure(name: str, seed: int, reuse: bool = False, shots: int = 4) -> dict:
+    out = OUT / (f"{name}{seed}" if shots == 4 else f"{name}{seed}_shots{shots}")
     t = time.perf_counter()
     if not (reuse and (out / "run.json").is_file()):
-        subprocess.run(command(name, seed, out), check=True, env=ENV, stdout=subprocess.DEVNULL)
+        subprocess.run(command(name, seed, out, shots), check=True, env=ENV, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["label"] in ("0", "1")]
     s = np.array([float(r["score"]) for r in rows])
@@ -99,13 +99,14 @@ def measure(name: str, seed: int, reuse: bool = False) -> dict:
             "oracle_min_fpr_for_0.9": min_fpr_for(s, y, 0.9), "auroc": (rec.get("metrics") or {}).get("image_auroc"),
             "flagged": f"{rec['n_flagged']} of {rec['n_scored']}",
             "configuration": rec["method"].get("configuration"), "wall_s": round(wall, 1),
-            "command": " ".join(command(name, seed, Path(f"runs/{name}{seed}"))[0:]).replace(str(ROOT) + "/", "")}
+            "command": " ".join(command(name, seed, Path(f"runs/{out.name}"), shots)).replace(str(ROOT) + "/", "")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["demo", "magnetic_tile", "object"])
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--shots", type=int, default=4, help="references per run (outputs of shots != 4 go to <set><seed>_shots<K>)")
     ap.add_argument("--reuse", action="store_true", help="re-read existing outputs instead of scoring again")
     args = ap.parse_args()
     if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture")):
@@ -115,7 +116,7 @@ def main() -> None:
     results = []
     for name in args.sets:
         for seed in (int(x) for x in args.seeds.split(",")):
-            r = measure(name, seed, args.reuse)
+            r = measure(name, seed, args.reuse, args.shots)
             results.append(r)
             print(json.dumps(r), flush=True)
     print(f"{'set':14s} seed  recall   FPR   F1/F1max  AUROC  set_by   | oracle: F1/F1max at FPR<=2xtarget, "
