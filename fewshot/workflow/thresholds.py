@@ -214,6 +214,12 @@ def tail_fit(samples: Sequence[float], target_fpr: float, n_groups: int | None =
             "prior_scale": prior}
 
 
+def tail_point(fit: dict[str, Any], fpr: float) -> float:
+    """The score a normal part exceeds with probability ``fpr`` under a ``tail_fit`` result."""
+    t = fit["mu"] + NormalDist().inv_cdf(1.0 - fpr) * fit["sigma"]
+    return float(math.exp(t) if fit["space"] == "log" else t)
+
+
 def normal_exceedance(value: float, fit: dict[str, Any]) -> float:
     """Probability that a normal score is at or above ``value`` under a ``tail_fit`` result."""
     if fit["space"] == "log":
@@ -273,7 +279,7 @@ def bounded_threshold(normal: Sequence[float], defects: Sequence[Sequence[float]
                            "bound": "tail", "n_defects": 0}
     bound, medians, n = defect_bound(defects)
     if bound is not None:
-        floor = tail_fit(normal, floor_fpr(target_fpr), n_groups, prior_scale)["threshold"]
+        floor = tail_point(fit, floor_fpr(target_fpr))
         out.update(defect_bound=bound, defect_kinds=medians, floor=floor, n_defects=n)
         if fit["space"] == "log":
             half, cap = bound / RAISE_MARGIN, RAISE_CAP * fit["threshold"]
