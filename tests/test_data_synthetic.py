@@ -12,14 +12,15 @@ from fsiad.fewshot.data.synthetic import _SAMPLERS, DEFECTS, make_mvtec_dataset,
 from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 
 
-@pytest.mark.parametrize("kind", ["texture", "object"])
-def test_masks_are_exactly_the_changed_pixels(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "area"), [("texture", (0.005, 0.15)), ("object", (0.005, 0.15)),
+                                            ("elongated", (0.001, 0.005))])
+def test_masks_are_exactly_the_changed_pixels(kind: str, area: tuple[float, float]) -> None:
     for defect in DEFECTS[kind]:
         for seed in range(3):
             normal, empty = _SAMPLERS[kind](np.random.default_rng(seed), 64, None)
             bad, mask = _SAMPLERS[kind](np.random.default_rng(seed), 64, defect)
             assert not empty.any()
-            assert 0.005 < mask.mean() < 0.15, (defect, mask.mean())
+            assert area[0] < mask.mean() < area[1], (defect, mask.mean())
             np.testing.assert_array_equal(bad[~mask], normal[~mask])
             changed = np.abs(bad - normal).max(axis=-1)[mask]
             assert (changed > 20).mean() > 0.9  # visibly different inside the mask

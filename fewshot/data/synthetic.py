@@ -1,6 +1,6 @@
 """Small synthetic datasets with exact masks, for tests and demos (no network, < 1 s).
 
-Two kinds of category, chosen by the category name's prefix:
+Four kinds of category, chosen by the category name's prefix:
 
 - ``texture*``: a woven pattern (product of sinusoids, period ``S/16``) with per-image phase,
   colour, lighting and noise jitter. Defects: ``scratch`` (dark line, ~``S/40`` wide,
@@ -13,6 +13,11 @@ Two kinds of category, chosen by the category name's prefix:
   brushed surface with horizontal streaks, a row of bright rivets and a lighting gradient.
   Tiny, faint defects of 0.1-0.5 % of the image area: ``spot`` (7 % darker or brighter) and
   ``scratch`` (thin line, 10 % darker).
+- ``elongated*``: an elongated part (``3 S x S``, e.g. 720 x 240 for ``S = 240``): a threaded
+  pin (head, shaded shaft, threads on its far 60 %) lying along the image on a dark background,
+  with small pose (translation ±2-3 %, rotation ±2°) and lighting jitter. Small defects on the
+  part, 0.1-0.5 % of the image area: ``notch`` (a bite out of the shaft's edge replaced by
+  background) and ``scratch`` (a thin dark line along the shaft, 4-10 % of the image long).
 
 Each defect changes exactly the pixels of its mask (no anti-aliasing), masks are 0/255 PNG
 (VisA variant: class indices 1, 2). Everything is deterministic per ``seed``.
@@ -29,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 DEFECTS = {"texture": ("scratch", "color"), "object": ("missing", "contamination"),
-           "wide": ("spot", "scratch")}
+           "wide": ("spot", "scratch"), "elongated": ("notch", "scratch")}
 
 
 def _kind(name: str) -> str:
@@ -158,10 +163,53 @@ def _wide_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[
     return img, mask
 
 
+def _elongated_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A threaded pin ``[S, 3 S, 3]`` lying along the image; small defects on the part."""
+    h, w = s, 3 * s
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = h / 2 + rng.uniform(-0.03, 0.03) * h, w / 2 + rng.uniform(-0.02, 0.02) * w
+    a = np.deg2rad(rng.uniform(-2, 2))
+    ca, sa = np.cos(a), np.sin(a)
+    u = (x - cx) * ca + (y - cy) * sa  # along the part
+    v = -(x - cx) * sa + (y - cy) * ca  # across it
+    half, head_len, r_shaft, r_head = 0.42 * w, 0.1 * w, 0.11 * h, 0.2 * h
+    head = (u >= -half) & (u < -half + head_len) & (np.abs(v) <= r_head)
+    shaft = (u >= -half + head_len) & (u <= half) & (np.abs(v) <= r_shaft)
+    part = head | shaft
+    radius = np.where(head, r_head, r_shaft)
+    shade = 0.55 + 0.45 * np.sqrt(np.clip(1 - (v / radius) ** 2, 0, 1))  # a lit cylinder
+    threaded = shaft & (u > -half + 0.4 * 2 * half)
+    pitch = 0.025 * w
+    shade = np.where(threaded, shade * (0.78 + 0.22 * np.cos(2 * np.pi * (u + 0.4 * v) / pitch)), shade)
+    metal = np.array([190, 188, 180], np.float32) * rng.uniform(0.92, 1.08)
+    bg = np.array([55, 58, 62], np.float32) * (1 + rng.uniform(-0.1, 0.1) * (x / w - 0.5))[..., None]
+    img = np.where(part[..., None], shade[..., None] * metal, bg) + rng.normal(0, 3, (h, w, 3))
+    mask = np.zeros((h, w), bool)
+    if defect is not None:
+        u0 = rng.uniform(-half + head_len + 0.05 * w, half - 0.05 * w)
+        if defect == "notch":
+            v0 = rng.choice([-1.0, 1.0]) * r_shaft
+            py, px = cy + u0 * sa + v0 * ca, cx + u0 * ca - v0 * sa
+            r = rng.uniform(0.05, 0.08) * h
+            ang = np.arctan2(y - py, x - px)
+            rad = r * (1 + 0.15 * np.cos(3 * ang + rng.uniform(0, 2 * np.pi)))
+            mask = (np.hypot(y - py, x - px) <= rad) & shaft
+            img[mask] = bg[mask] + rng.normal(0, 3, (int(mask.sum()), 3))
+        else:  # scratch: a thin line along the shaft
+            v0 = rng.uniform(-0.5, 0.5) * r_shaft
+            length, tilt = rng.uniform(0.04, 0.1) * w, np.deg2rad(rng.uniform(-12, 12))
+            t = np.clip(((u - u0) * np.cos(tilt) + (v - v0) * np.sin(tilt)) / length, 0, 1)
+            du, dv = u - (u0 + t * length * np.cos(tilt)), v - (v0 + t * length * np.sin(tilt))
+            mask = (np.hypot(du, dv) <= max(1.0, 0.006 * h)) & shaft
+            img[mask] *= 0.5
+    return img, mask
+
+
 _SAMPLERS: dict[str, Callable[[np.random.Generator, int, str | None], tuple[np.ndarray, np.ndarray]]] = {
     "texture": _texture_sample,
     "object": _object_sample,
     "wide": _wide_sample,
+    "elongated": _elongated_sample,
 }
 
 
