@@ -36,7 +36,7 @@ def reference_options(f: Callable) -> Callable:
                      help="Decision threshold on the image score (default: calibrated on the references)."),
         click.option("--threshold-rule", default=DEFAULT_RULE, show_default=True,
                      help="Rule over the leave-one-out scores of the references: 'tail' (robust tail fit at "
-                          "--target-fpr, odd references left out, placed between normals and synthetic defects: "
+                          "--target-fpr, clearly odd references left out, placed between normals and synthetic defects: "
                           "favours recall), 'fpr' (the tail fit at --target-fpr alone: favours few false alarms), "
                           "'max' or 'mean+<k>std'."),
         click.option("--target-fpr", type=click.FloatRange(min=0, max=0.5, min_open=True, max_open=True),

@@ -19,7 +19,13 @@ from fsiad.fewshot.methods import MethodConfig, create_method
 from fsiad.fewshot.workflow import render
 from fsiad.fewshot.workflow.decisions import describe_mask, map_to_image
 from fsiad.fewshot.workflow.targets import collect_samples, label_from_folders
-from fsiad.fewshot.workflow.thresholds import ThresholdRule, calibrate_loo, find_outliers, tail_fit
+from fsiad.fewshot.workflow.thresholds import (
+    ThresholdRule,
+    calibrate_loo,
+    find_outliers,
+    odd_references,
+    tail_fit,
+)
 from PIL import Image
 from scipy import stats
 
@@ -63,6 +69,38 @@ def test_find_outliers_names_only_the_odd_one():
     assert find_outliers([0.02, 0.2]) == []  # two references: no way to tell which is odd
 
 
+def test_find_outliers_pools_the_methods_typical_scale():
+    # elongated synthetic part, seed 0: three normal references agree to 0.07 in log, the fourth
+    # (also normal) is 1.68 x their median. On the measured scale alone it reads as odd (z 5.1);
+    # pooled with knn's typical 0.25 (as the tail fit does) it is an ordinary normal spread.
+    per_ref = [6.97, 4.42, 3.90, 3.86]
+    x = np.log(per_ref)
+    med = np.median(x)
+    measured = max(1.4826 * np.median(np.abs(x - med)), 0.1)
+    pooled = np.sqrt((4 * measured ** 2 + 2 * 0.25 ** 2) / 6)
+    assert [i for i, _ in find_outliers(per_ref)] == [0]
+    assert find_outliers(per_ref)[0][1] == pytest.approx((x[0] - med) / measured)
+    assert (x[0] - med) / pooled < 3.5 and find_outliers(per_ref, 0.25) == []
+    # a reference 6 x the others is still named, with the pooled scale in its z
+    odd = [0.017, 0.0169, 0.148, 0.030]
+    xo = np.log(odd)
+    mo = np.median(xo)
+    so = np.sqrt((4 * max(1.4826 * np.median(np.abs(xo - mo)), 0.1) ** 2 + 2 * 0.25 ** 2) / 6)
+    assert find_outliers(odd, 0.25) == [(2, pytest.approx((xo[2] - mo) / so))]
+
+
+def test_only_a_clearly_odd_reference_leaves_the_fit():
+    # elongated synthetic part, seed 1: a normal reference at the edge of the pose range scores
+    # 2.2 x the median of all four: named, but kept in the fit (left out, the floor sat inside the
+    # test normals); the textile_0175 (6 x) is named and left out
+    edge = [4.22, 10.01, 4.01, 4.75]
+    med = np.exp(np.median(np.log(edge)))
+    assert [(i, round(r, 3), leave) for i, _, r, leave in odd_references(edge, 0.25)] == [(1, round(10.01 / med, 3), False)]
+    odd = [0.017, 0.0169, 0.148, 0.030]
+    assert [(i, leave) for i, _, _, leave in odd_references(odd, 0.25)] == [(2, True)]
+    assert odd_references([4.0, 4.2, 3.9, 4.4], 0.25) == []
+
+
 @pytest.fixture(scope="module")
 def odd_refs(tmp_path_factory) -> list[Sample]:
     root = tmp_path_factory.mktemp("odd")
@@ -76,7 +114,8 @@ def test_odd_reference_is_named_and_does_not_set_the_threshold(odd_refs):
     m = create_method("wf_pixdiff", MethodConfig())
     cal = calibrate_loo(m, odd_refs, ThresholdRule.parse("tail"), target_fpr=0.01)
     assert [o["path"] for o in cal.outliers] == [str(odd_refs[4].path)]
-    assert cal.fit["excluded"] == [4]
+    assert cal.fit["excluded"] == [4] and cal.outliers[0]["excluded"] and cal.outliers[0]["ratio_to_median"] > 2.5
+    assert "left out of the threshold fit" in cal.outliers[0]["advice"]
     mx = calibrate_loo(m, odd_refs, ThresholdRule.parse("max"))
     assert mx.threshold == pytest.approx(cal.loo_scores[4]) and mx.outliers  # max still warns
     assert cal.threshold < mx.threshold  # the odd score does not set it

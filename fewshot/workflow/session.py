@@ -481,7 +481,7 @@ class InspectionSession:
         shots: K normal references (0 for zero-shot and transductive methods).
         seed: seed of the reference draw (and of stochastic methods).
         threshold: user-given decision threshold; ``None`` = leave-one-out calibration.
-        threshold_rule: ``tail`` (robust tail fit at ``target_fpr``, odd references left out),
+        threshold_rule: ``tail`` (robust tail fit at ``target_fpr``, clearly odd references left out),
             ``max`` or ``mean+<k>std`` over the leave-one-out scores (``thresholds.py``).
         target_fpr: false-alarm rate the ``tail`` rule aims at.
         progress: progress bars on stderr. log: receives progress and warning lines.

@@ -20,12 +20,19 @@ the decisions did not keep (measured false alarms up to 10 %).
    which reads as a defect at a texture's border; flips of an asymmetric object are defects for
    methods without flipped memory). K references give K * (1 + N_VIEWS) normal scores.
 2. **Odd references.** Per reference, the median of its LOO scores (original and views) is
-   compared with the others on log scores: robust z = (log s_i - median) / (1.4826 MAD), the
-   scale floored at ``MIN_LOG_SCALE``. A reference with z > ``OUTLIER_Z`` and a score above
+   compared with the others on log scores: robust z = (log s_i - median) / scale, the scale
+   1.4826 MAD floored at ``MIN_LOG_SCALE`` and pooled with the method's typical scale as in
+   step 3 (three references can agree by chance: on a synthetic elongated part, seed 0, three
+   agreed to 0.07 in log and a fourth normal one, 1.7 x their median, read as z 5.1; pooled,
+   2.9). A reference with z > ``OUTLIER_Z`` and a score above
    ``OUTLIER_RATIO`` x the median is an **outlier reference**: named in the console, the report
-   and ``run.json`` with what to do (check it; replace it if it is not a good part), and
-   excluded from the threshold fit (it stays in the fitted model). Needs K >= 3; at most
-   (K - 1) // 2 references are excluded.
+   and ``run.json`` with what to do (check it; replace it if it is not a good part). Above
+   ``EXCLUDE_RATIO`` (2.5) x the median it is also left out of the threshold fit (it stays in the
+   fitted model); below, it is kept: a normal part at the edge of the pose or lighting range
+   reaches ~2 x with four references (elongated part, seed 1: a normal reference at 2.2 x, left
+   out, put the floor inside the test normals: 50 % false alarms; kept, 0 % at recall 1.0), and
+   the robust fit (median, MAD) bounds what one kept reference can do. Needs K >= 3; at most
+   (K - 1) // 2 references are named.
 3. **Tail fit.** On the remaining samples, a log-normal with robust location mu = median(log s)
    and scale s_m = max(1.4826 MAD(log s), ``MIN_LOG_SCALE``). A method whose scores mean the same
    on every part (``AnomalyMethod.normal_log_spread``: knn's normalised scores, 0.25) has its
@@ -116,6 +123,8 @@ GAINS = (0.93, 1.07)
 GAMMAS = (0.9, 1.1)
 OUTLIER_Z = 3.5
 OUTLIER_RATIO = 1.5
+#: an odd reference is left out of the tail fit only above this multiple of the median (step 2)
+EXCLUDE_RATIO = 2.5
 MIN_LOG_SCALE = 0.1
 MAD_TO_SIGMA = 1.4826
 #: weight, in references, of the method's typical normal log-scale (``normal_log_spread``) in
@@ -175,6 +184,14 @@ class ThresholdRule:
         return float(s.mean() + self.k * s.std())
 
 
+def pooled_scale(measured: float, groups: int, prior_scale: float | None) -> float:
+    """A log-scale measured on ``groups`` references pooled with the method's typical one
+    (``prior_scale``, counted as ``PRIOR_GROUPS`` references; ``None``: the measured scale)."""
+    if prior_scale is None or prior_scale <= 0:
+        return measured
+    return math.sqrt((groups * measured ** 2 + PRIOR_GROUPS * prior_scale ** 2) / (groups + PRIOR_GROUPS))
+
+
 def tail_fit(samples: Sequence[float], target_fpr: float, n_groups: int | None = None,
              prior_scale: float | None = None) -> dict[str, Any]:
     """Robust log-normal tail fit (see the module docstring, step 3).
@@ -204,8 +221,7 @@ def tail_fit(samples: Sequence[float], target_fpr: float, n_groups: int | None =
     floor = MIN_LOG_SCALE if log else MIN_LOG_SCALE * max(abs(mu), float(np.abs(x).max()), 1e-12)
     measured = max(mad, floor)
     prior = prior_scale if (log and prior_scale is not None and prior_scale > 0) else None
-    scale = measured if prior is None else math.sqrt(
-        (groups * measured ** 2 + PRIOR_GROUPS * prior ** 2) / (groups + PRIOR_GROUPS))
+    scale = pooled_scale(measured, groups, prior)
     sigma = scale * math.sqrt(1.0 + 1.0 / max(groups, 1))
     z = NormalDist().inv_cdf(1.0 - target_fpr)
     t = mu + z * sigma
@@ -311,18 +327,32 @@ def defect_views(batch: Any, kinds: Sequence[str], seed: int) -> Any:
     return None
 
 
-def find_outliers(per_ref: Sequence[float]) -> list[tuple[int, float]]:
-    """Odd references (module docstring, step 2): ``[(index, robust z)]``, highest z first."""
+def find_outliers(per_ref: Sequence[float], prior_scale: float | None = None) -> list[tuple[int, float]]:
+    """Odd references (module docstring, step 2): ``[(index, robust z)]``, highest z first.
+    ``prior_scale``: the method's typical log-scale, pooled in as in ``tail_fit``."""
     v = np.asarray(per_ref, dtype=np.float64)
     if v.size < 3 or not (v > 0).all():
         return []
     x = np.log(v)
     med = float(np.median(x))
-    scale = max(float(np.median(np.abs(x - med))) * MAD_TO_SIGMA, MIN_LOG_SCALE)
+    measured = max(float(np.median(np.abs(x - med))) * MAD_TO_SIGMA, MIN_LOG_SCALE)
+    scale = pooled_scale(measured, int(v.size), prior_scale)
     z = (x - med) / scale
     odd = [(int(i), float(z[i])) for i in np.argsort(-z)
            if z[i] > OUTLIER_Z and v[i] > OUTLIER_RATIO * math.exp(med)]
     return odd[: (v.size - 1) // 2]
+
+
+def odd_references(per_ref: Sequence[float], prior_scale: float | None = None
+                   ) -> list[tuple[int, float, float, bool]]:
+    """``find_outliers`` with each one's ratio to the median and whether it is clearly odd
+    enough to leave out of the tail fit (> ``EXCLUDE_RATIO``; module docstring, step 2):
+    ``[(index, robust z, ratio, leave out)]``."""
+    odd = find_outliers(per_ref, prior_scale)
+    if not odd:
+        return []
+    median = float(np.exp(np.median(np.log(np.asarray(per_ref, dtype=np.float64)))))
+    return [(i, z, float(per_ref[i]) / median, float(per_ref[i]) > EXCLUDE_RATIO * median) for i, z in odd]
 
 
 @dataclass
@@ -460,14 +490,22 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         map_med.append(float(maps[0].median()))
     paths = [str(r.path) for r in refs]
     per_ref = [float(np.median([a, *b])) for a, b in zip(scores, views, strict=True)]
-    odd = find_outliers(per_ref)
-    outliers = [{"index": i, "path": paths[i], "score": scores[i], "robust_z": round(z, 2),
-                 "advice": "check this part; if it is not a good, typical part, replace it in the normal folder "
-                           "(it was left out of the threshold fit)" if rule.fitted else
-                           "check this part; if it is not a good, typical part, replace it in the normal folder "
-                           "(with this rule it still sets the threshold; the default rule 'tail' leaves it out)"}
-                for i, z in odd]
-    keep = [i for i in range(len(refs)) if i not in {o["index"] for o in outliers}]
+    odd = odd_references(per_ref, method.normal_log_spread)
+    outliers = []
+    for i, z, ratio, leave in odd:
+        left_out = rule.fitted and leave
+        if left_out:
+            what = "it was left out of the threshold fit"
+        elif rule.fitted:
+            what = (f"it was kept in the threshold fit: below {EXCLUDE_RATIO:g} x the others' median, a normal part "
+                    "at the edge of the line's variation can look like this")
+        else:
+            what = "with this rule it still sets the threshold; the default rule 'tail' leaves a clearly odd one out"
+        outliers.append({"index": i, "path": paths[i], "score": scores[i], "robust_z": round(z, 2),
+                         "ratio_to_median": round(ratio, 3), "excluded": left_out,
+                         "advice": f"check this part; if it is not a good, typical part, replace it in the normal "
+                                   f"folder ({what})"})
+    keep = [i for i in range(len(refs)) if i not in {o["index"] for o in outliers if o["excluded"]}]
     image_samples = [v for i in keep for v in (scores[i], *views[i])]
     pixel_samples = [v for i in keep for v in map_max[i]]
     fit: dict[str, Any] = {}
@@ -477,7 +515,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         value = fit["threshold"]
         ratio = float(np.median(np.asarray(pixel_samples) / np.maximum(np.asarray(image_samples), 1e-12)))
         pixel_value = value * ratio if value > 0 and ratio > 0 else value
-        fit = {**fit, "excluded": [o["index"] for o in outliers], "map_max_to_score": ratio}
+        fit = {**fit, "excluded": [o["index"] for o in outliers if o["excluded"]], "map_max_to_score": ratio}
         space = "log-normal" if fit["space"] == "log" else "normal"
         half = fit["space"] == "log"
         kinds = fit["defect_kinds"]
@@ -497,7 +535,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         desc = (f"threshold {value:.6g} = {how}; normals: {len(image_samples)} leave-one-out scores "
                 + (f"({len(keep)} reference(s) x {1 + len(views[0])} views" if views[0] else
                    f"({len(keep)} reference(s), no lighting views: the method scores image-wide shifts")
-                + (f"; {len(outliers)} odd reference(s) left out" if outliers else "")
+                + (f"; {len(refs) - len(keep)} odd reference(s) left out" if len(keep) < len(refs) else "")
                 + (f"; log-scale {fit['sigma_measured']:.3g} pooled with the method's typical "
                    f"{fit['prior_scale']:.3g}" if fit.get("prior_scale") else "")
                 + f"); expected false-alarm rate {fit['expected_fpr']:.3g}; pixel threshold {pixel_value:.6g}")
