@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=4, help="references per run (outputs of shots != 4 go to <set><seed>_shots<K>)")
     ap.add_argument("--reuse", action="store_true", help="re-read existing outputs instead of scoring again")
     args = ap.parse_args()
-    if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture", "elongated")):
+    if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture", "elongated", "screw")):
         from bench.bench_selfconfig import make_data
 
         make_data()

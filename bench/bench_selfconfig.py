@@ -59,6 +59,8 @@ def make_data() -> None:
         make_mvtec_dataset(DATA, ["texture"], image_size=256, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
     if not (DATA / "elongated").exists():  # a threaded pin along a 720 x 240 image (bench_decisions)
         make_mvtec_dataset(DATA, ["elongated"], image_size=240, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
+    if not (DATA / "screw").exists():  # the same pin at any angle in a 256 x 256 image (bench_decisions)
+        make_mvtec_dataset(DATA, ["screw"], image_size=256, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
 
 
 def eval_command(name: str, opts: list[str], seeds: str, out: Path) -> list[str]:

@@ -12,13 +12,13 @@ from fsiad.fewshot.data.synthetic import _SAMPLERS, DEFECTS, make_mvtec_dataset,
 from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 
 
-@pytest.mark.parametrize(("kind", "area"), [("texture", (0.005, 0.15)), ("object", (0.005, 0.15)),
-                                            ("elongated", (0.001, 0.005))])
-def test_masks_are_exactly_the_changed_pixels(kind: str, area: tuple[float, float]) -> None:
+@pytest.mark.parametrize(("kind", "side", "area"), [("texture", 64, (0.005, 0.15)), ("object", 64, (0.005, 0.15)),
+                                                    ("elongated", 64, (0.001, 0.005)), ("screw", 160, (1e-4, 2e-3))])
+def test_masks_are_exactly_the_changed_pixels(kind: str, side: int, area: tuple[float, float]) -> None:
     for defect in DEFECTS[kind]:
         for seed in range(3):
-            normal, empty = _SAMPLERS[kind](np.random.default_rng(seed), 64, None)
-            bad, mask = _SAMPLERS[kind](np.random.default_rng(seed), 64, defect)
+            normal, empty = _SAMPLERS[kind](np.random.default_rng(seed), side, None)
+            bad, mask = _SAMPLERS[kind](np.random.default_rng(seed), side, defect)
             assert not empty.any()
             assert area[0] < mask.mean() < area[1], (defect, mask.mean())
             np.testing.assert_array_equal(bad[~mask], normal[~mask])

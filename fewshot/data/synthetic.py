@@ -1,6 +1,6 @@
 """Small synthetic datasets with exact masks, for tests and demos (no network, < 1 s).
 
-Four kinds of category, chosen by the category name's prefix:
+Five kinds of category, chosen by the category name's prefix:
 
 - ``texture*``: a woven pattern (product of sinusoids, period ``S/16``) with per-image phase,
   colour, lighting and noise jitter. Defects: ``scratch`` (dark line, ~``S/40`` wide,
@@ -18,6 +18,9 @@ Four kinds of category, chosen by the category name's prefix:
   with small pose (translation ±2-3 %, rotation ±2°) and lighting jitter. Small defects on the
   part, 0.1-0.5 % of the image area: ``notch`` (a bite out of the shaft's edge replaced by
   background) and ``scratch`` (a thin dark line along the shaft, 4-10 % of the image long).
+- ``screw*``: the same pin, 0.7 S long, at any angle (0-360°) and up to ±5 % off centre in a
+  square image, with the same defects in the same proportions to the part (0.03-0.1 % of the
+  image): rotation the references do not cover, as MVTec AD's screw.
 
 Each defect changes exactly the pixels of its mask (no anti-aliasing), masks are 0/255 PNG
 (VisA variant: class indices 1, 2). Everything is deterministic per ``seed``.
@@ -34,7 +37,8 @@ import numpy as np
 from PIL import Image
 
 DEFECTS = {"texture": ("scratch", "color"), "object": ("missing", "contamination"),
-           "wide": ("spot", "scratch"), "elongated": ("notch", "scratch")}
+           "wide": ("spot", "scratch"), "elongated": ("notch", "scratch"),
+           "screw": ("notch", "scratch")}
 
 
 def _kind(name: str) -> str:
@@ -163,46 +167,68 @@ def _wide_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[
     return img, mask
 
 
-def _elongated_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """A threaded pin ``[S, 3 S, 3]`` lying along the image; small defects on the part."""
-    h, w = s, 3 * s
+def _pin(rng: np.random.Generator, h: int, w: int, defect: str | None, angle: tuple[float, float],
+         shift: tuple[float, float], size: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """A threaded pin (head, shaded shaft, threads on its far 60 %) on a dark background, centred
+    up to ``shift`` (fractions of h, w) off the middle at an angle drawn from ``angle`` (degrees);
+    ``size``: ``half`` (half length), ``head``, ``shaft``, ``head_r``, ``pitch``, ``margin`` in px,
+    ``notch`` / ``scratch`` lengths in px per unit of the drawn factor, ``line`` (scratch width)."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = h / 2 + rng.uniform(-0.03, 0.03) * h, w / 2 + rng.uniform(-0.02, 0.02) * w
-    a = np.deg2rad(rng.uniform(-2, 2))
+    cy, cx = h / 2 + rng.uniform(-shift[0], shift[0]) * h, w / 2 + rng.uniform(-shift[1], shift[1]) * w
+    a = np.deg2rad(rng.uniform(*angle))
     ca, sa = np.cos(a), np.sin(a)
     u = (x - cx) * ca + (y - cy) * sa  # along the part
     v = -(x - cx) * sa + (y - cy) * ca  # across it
-    half, head_len, r_shaft, r_head = 0.42 * w, 0.1 * w, 0.11 * h, 0.2 * h
+    half, head_len, r_shaft, r_head = size["half"], size["head"], size["shaft"], size["head_r"]
     head = (u >= -half) & (u < -half + head_len) & (np.abs(v) <= r_head)
     shaft = (u >= -half + head_len) & (u <= half) & (np.abs(v) <= r_shaft)
     part = head | shaft
     radius = np.where(head, r_head, r_shaft)
     shade = 0.55 + 0.45 * np.sqrt(np.clip(1 - (v / radius) ** 2, 0, 1))  # a lit cylinder
     threaded = shaft & (u > -half + 0.4 * 2 * half)
-    pitch = 0.025 * w
+    pitch = size["pitch"]
     shade = np.where(threaded, shade * (0.78 + 0.22 * np.cos(2 * np.pi * (u + 0.4 * v) / pitch)), shade)
     metal = np.array([190, 188, 180], np.float32) * rng.uniform(0.92, 1.08)
     bg = np.array([55, 58, 62], np.float32) * (1 + rng.uniform(-0.1, 0.1) * (x / w - 0.5))[..., None]
     img = np.where(part[..., None], shade[..., None] * metal, bg) + rng.normal(0, 3, (h, w, 3))
     mask = np.zeros((h, w), bool)
     if defect is not None:
-        u0 = rng.uniform(-half + head_len + 0.05 * w, half - 0.05 * w)
+        u0 = rng.uniform(-half + head_len + size["margin"], half - size["margin"])
         if defect == "notch":
             v0 = rng.choice([-1.0, 1.0]) * r_shaft
             py, px = cy + u0 * sa + v0 * ca, cx + u0 * ca - v0 * sa
-            r = rng.uniform(0.05, 0.08) * h
+            r = rng.uniform(0.05, 0.08) * size["notch"]
             ang = np.arctan2(y - py, x - px)
             rad = r * (1 + 0.15 * np.cos(3 * ang + rng.uniform(0, 2 * np.pi)))
             mask = (np.hypot(y - py, x - px) <= rad) & shaft
             img[mask] = bg[mask] + rng.normal(0, 3, (int(mask.sum()), 3))
         else:  # scratch: a thin line along the shaft
             v0 = rng.uniform(-0.5, 0.5) * r_shaft
-            length, tilt = rng.uniform(0.04, 0.1) * w, np.deg2rad(rng.uniform(-12, 12))
+            length, tilt = rng.uniform(0.04, 0.1) * size["scratch"], np.deg2rad(rng.uniform(-12, 12))
             t = np.clip(((u - u0) * np.cos(tilt) + (v - v0) * np.sin(tilt)) / length, 0, 1)
             du, dv = u - (u0 + t * length * np.cos(tilt)), v - (v0 + t * length * np.sin(tilt))
-            mask = (np.hypot(du, dv) <= max(1.0, 0.006 * h)) & shaft
+            mask = (np.hypot(du, dv) <= size["line"]) & shaft
             img[mask] *= 0.5
     return img, mask
+
+
+def _elongated_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A threaded pin ``[S, 3 S, 3]`` lying along the image; small defects on the part."""
+    h, w = s, 3 * s
+    size = {"half": 0.42 * w, "head": 0.1 * w, "shaft": 0.11 * h, "head_r": 0.2 * h, "pitch": 0.025 * w,
+            "margin": 0.05 * w, "notch": h, "scratch": w, "line": max(1.0, 0.006 * h)}
+    return _pin(rng, h, w, defect, (-2, 2), (0.03, 0.02), size)
+
+
+def _screw_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The same pin, smaller, at any angle in a square ``[S, S, 3]`` image (as MVTec AD's screw)."""
+    # proportions of the elongated pin (shaft radius 0.044 of the length, pitch 0.03, notch radius
+    # 0.45-0.73 x the shaft's, scratches 5-12 % of the length) on a part 0.7 S long
+    length = 0.7 * s
+    size = {"half": length / 2, "head": 0.119 * length, "shaft": 0.0437 * length, "head_r": 0.0794 * length,
+            "pitch": 0.0298 * length, "margin": 0.0595 * length, "notch": 0.397 * length, "scratch": 1.19 * length,
+            "line": max(1.0, 0.0024 * length)}
+    return _pin(rng, s, s, defect, (0, 360), (0.05, 0.05), size)
 
 
 _SAMPLERS: dict[str, Callable[[np.random.Generator, int, str | None], tuple[np.ndarray, np.ndarray]]] = {
@@ -210,6 +236,7 @@ _SAMPLERS: dict[str, Callable[[np.random.Generator, int, str | None], tuple[np.n
     "object": _object_sample,
     "wide": _wide_sample,
     "elongated": _elongated_sample,
+    "screw": _screw_sample,
 }
 
 
