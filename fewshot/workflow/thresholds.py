@@ -369,7 +369,8 @@ class Calibration:
         expected_fpr: false-alarm rate expected under the fit (``tail``: = target when the tail fit
             set the threshold, higher when synthetic defects lowered it), else ``None``.
         view_scores: per reference, the LOO scores of its augmented views.
-        outliers: odd references: ``{"index", "path", "score", "robust_z", "advice"}``.
+        outliers: odd references: ``{"index", "path", "score", "robust_z", "ratio_to_median",
+            "excluded", "advice"}`` (``excluded``: left out of the tail fit).
         fit: ``bounded_threshold``'s result (tail fit parameters, ``tail``, ``defect_bound``,
             ``floor``, ``bound``, ``expected_fpr``), with ``excluded`` reference indices and
             ``map_max_to_score``.
