@@ -220,7 +220,7 @@ def tail_fit(samples: Sequence[float], target_fpr: float, n_groups: int | None =
     mad = float(np.median(np.abs(x - mu))) * MAD_TO_SIGMA
     floor = MIN_LOG_SCALE if log else MIN_LOG_SCALE * max(abs(mu), float(np.abs(x).max()), 1e-12)
     measured = max(mad, floor)
-    prior = prior_scale if (log and prior_scale is not None and prior_scale > 0) else None
+    prior = prior_scale if log and (prior_scale or 0) > 0 else None  # pooled in log space only
     scale = pooled_scale(measured, groups, prior)
     sigma = scale * math.sqrt(1.0 + 1.0 / max(groups, 1))
     z = NormalDist().inv_cdf(1.0 - target_fpr)
@@ -506,7 +506,8 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
                          "ratio_to_median": round(ratio, 3), "excluded": left_out,
                          "advice": f"check this part; if it is not a good, typical part, replace it in the normal "
                                    f"folder ({what})"})
-    keep = [i for i in range(len(refs)) if i not in {o["index"] for o in outliers if o["excluded"]}]
+    excluded = [o["index"] for o in outliers if o["excluded"]]
+    keep = [i for i in range(len(refs)) if i not in excluded]
     image_samples = [v for i in keep for v in (scores[i], *views[i])]
     pixel_samples = [v for i in keep for v in map_max[i]]
     fit: dict[str, Any] = {}
@@ -516,7 +517,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         value = fit["threshold"]
         ratio = float(np.median(np.asarray(pixel_samples) / np.maximum(np.asarray(image_samples), 1e-12)))
         pixel_value = value * ratio if value > 0 and ratio > 0 else value
-        fit = {**fit, "excluded": [o["index"] for o in outliers if o["excluded"]], "map_max_to_score": ratio}
+        fit = {**fit, "excluded": excluded, "map_max_to_score": ratio}
         space = "log-normal" if fit["space"] == "log" else "normal"
         half = fit["space"] == "log"
         kinds = fit["defect_kinds"]
@@ -536,7 +537,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         desc = (f"threshold {value:.6g} = {how}; normals: {len(image_samples)} leave-one-out scores "
                 + (f"({len(keep)} reference(s) x {1 + len(views[0])} views" if views[0] else
                    f"({len(keep)} reference(s), no lighting views: the method scores image-wide shifts")
-                + (f"; {len(refs) - len(keep)} odd reference(s) left out" if len(keep) < len(refs) else "")
+                + (f"; {len(excluded)} odd reference(s) left out" if excluded else "")
                 + (f"; log-scale {fit['sigma_measured']:.3g} pooled with the method's typical "
                    f"{fit['prior_scale']:.3g}" if fit.get("prior_scale") else "")
                 + f"); expected false-alarm rate {fit['expected_fpr']:.3g}; pixel threshold {pixel_value:.6g}")
