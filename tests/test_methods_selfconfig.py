@@ -1,5 +1,7 @@
 """knn default: synthetic defects, label-free self-configuration, native geometry, save/load."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,84 @@ def test_knn_states_a_typical_log_spread_only_for_normalised_scores():
     assert _random_knn(preset="mid").fit(refs).normal_log_spread is None
     assert _random_knn().normal_log_spread is None  # not fitted: nothing to say
     assert AnomalyMethod.normal_log_spread.fget(auto) is None  # the base class states no prior
+
+
+def _screws(n_train=4, size=96, seed=0):
+    from fsiad.fewshot.data.synthetic import render_category
+
+    parts = render_category("screw", size, n_train, 2, 2, seed)
+    return NativeBatch.from_arrays([i for i, _ in parts.pop("train")]), parts
+
+
+def test_align_auto_rotates_freely_rotated_parts_only():
+    refs, parts = _screws()
+    m = _random_knn().fit(refs)
+    rec = m.describe()["alignment"]
+    assert m.align_on and rec["active"] and rec["mode"] == "auto" and rec["spread_deg"] > 15
+    assert "rotated to the part's principal axis" in rec["reason"] and len(rec["angles_deg"]) == 4
+    # a texture: no plain background -> no rotation, and exactly the unrotated scores and maps
+    tex = _refs()
+    auto, off = _random_knn().fit(tex), _random_knn(align="off").fit(tex)
+    assert not auto.align_on and "plain background" in auto.describe()["alignment"]["reason"]
+    assert "alignment" not in off.describe()
+    test = _refs(2, 84, 56)
+    a, b = auto.predict(test), off.predict(test)
+    assert torch.equal(a.image_scores, b.image_scores) and torch.equal(a.anomaly_maps, b.anomaly_maps)
+    # one orientation (the elongated pin held within a few degrees): no rotation either
+    from fsiad.fewshot.data.synthetic import render_category
+
+    pins = render_category("elongated", 48, 4, 0, 0, 0)["train"]
+    held = _random_knn().fit(NativeBatch.from_arrays([i for i, _ in pins]))
+    assert not held.align_on and "agree within 15" in held.describe()["alignment"]["reason"]
+    with pytest.raises(ValueError, match="geometry=native"):
+        _random_knn(align="on", geometry="square")
+
+
+def test_aligned_model_saves_loads_and_refits_with_its_alignment(tmp_path):
+    refs, parts = _screws()
+    m = _random_knn().fit(refs)
+    test = NativeBatch.from_arrays([i for lst in parts.values() for i, _ in lst])
+    r = m.predict(test)
+    scores, maps = m.predict_native(test)
+    assert [tuple(x.shape) for x in maps] == [s for s in test.sizes]  # the images' own frame and size
+    m.save(tmp_path / "model")
+    from fsiad.fewshot.methods.base import AnomalyMethod
+
+    loaded = AnomalyMethod.load(tmp_path / "model", allow_random=True)
+    assert loaded.align_on and loaded.describe()["alignment"] == m.describe()["alignment"]
+    r2 = loaded.predict(test)
+    assert torch.equal(r.image_scores, r2.image_scores) and torch.equal(r.anomaly_maps, r2.anomaly_maps)
+    # the threshold calibration's refits on K-1 references keep the full fit's alignment, even
+    # where K-1 references alone would not have chosen it
+    with m.frozen_configuration():
+        m.fit(refs[:1])
+        assert m.align_on
+    forced = _random_knn(align="on").fit(_refs())
+    assert forced.align_on and forced.describe()["alignment"]["reason"] == "align=on"
+
+
+@pytest.mark.needs_weights
+def test_real_dinov2_aligned_map_marks_the_defect_where_it_is_in_the_image():
+    """A rotated screw with a dark notch painted on its shaft: with alignment the map, back in the
+    image's own frame, peaks on the notch; the normal screws at new angles score below it."""
+    require_weights("dinov2_vits14")
+    refs, parts = _screws(size=160, seed=1)
+    m = create_method("knn", MethodConfig(image_size=112, options={"budget": 8}))
+    m.fit(refs)
+    assert m.align_on
+    goods = [i for i, _ in parts["good"]]
+    img = goods[0].copy()
+    # the part's pixels are bright; paint a dark disc on the part, away from its centroid
+    from fsiad.fewshot.ops.align import principal_pose
+
+    t = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+    p = principal_pose(t)
+    h, w = img.shape[:2]
+    cx, cy = p.cx * w + 0.25 * 0.7 * h * math.cos(p.angle), p.cy * h + 0.25 * 0.7 * h * math.sin(p.angle)
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= 4.0**2
+    img[disc] = (30, 30, 30)
+    scores, maps = m.predict_native(NativeBatch.from_arrays([img, *goods]))
+    iy, ix = divmod(int(torch.argmax(maps[0])), w)
+    assert math.hypot(ix + 0.5 - cx, iy + 0.5 - cy) < 12, ((ix, iy), (cx, cy))
+    assert float(scores[0]) > float(scores[1:].max())
