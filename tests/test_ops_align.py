@@ -98,3 +98,12 @@ def test_axial_spread_and_otsu():
     assert abs(axial_spread([math.radians(10), math.radians(100), math.radians(40)]) - 90.0) < 1e-6
     values = torch.cat([torch.full((100,), 0.1), torch.full((50,), 0.9)])
     assert 0.1 < otsu(values) < 0.9
+
+
+def test_pose_of_a_large_image_is_measured_on_a_small_copy_with_the_same_result():
+    big, _ = _bar(480, 640, angle=-20.0, cx=0.4, cy=0.6, length=0.5)
+    small, _ = _bar(120, 160, angle=-20.0, cx=0.4, cy=0.6, length=0.5)
+    pb, ps = principal_pose(big), principal_pose(small)
+    assert abs(math.degrees(pb.angle - ps.angle)) < 1.0 and abs(math.degrees(pb.angle) + 20.0) < 1.0
+    assert abs(pb.cx - 0.4) < 0.01 and abs(pb.cy - 0.6) < 0.01 and pb.usable
+    assert len(pb.background) == 3 and abs(pb.background[1] - 0.22) < 0.01
