@@ -10,7 +10,9 @@ and once per fixed baseline, and prints I-AUROC / P-AUROC / AUPRO and the config
 default chose per seed. ``wide`` and ``object`` are synthetic MVTec-layout sets written under
 ``runs/bench_selfconfig/data`` (``fsiad.fewshot.data.synthetic``): wide 1132 x 460 images
 with tiny defects (0.1-0.5 % of the area; 60 good and 60 defective test images: with 20 + 20
-one missed scratch moved the I-AUROC by 0.04) and a ring on a plain background.
+one missed scratch moved the I-AUROC by 0.04), a ring on a plain background, a threaded pin
+along 720 x 240 images (``elongated``) and the same pin at any angle in 256 px squares
+(``screw``; ``--baselines default "align off"`` measures the principal-axis alignment).
 
 ``speed`` fits 4 references and scores images of about 300 x 300 and of 1 megapixel, each
 setting in its own process under ``/usr/bin/time -v`` (peak RSS), and reports the fit time
@@ -40,11 +42,14 @@ SETS = {
     "textile": ["--dataset", "textile"],
     "wide": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "wide"],
     "object": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "object"],
+    "elongated": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "elongated"],
+    "screw": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "screw"],
 }
 BASELINES = {
     "default": [],
     "square-mid (former default)": ["-o", "preset=mid", "-o", "geometry=square"],
     "square-last": ["-o", "preset=last", "-o", "geometry=square"],
+    "align off": ["-o", "align=off"],
 }
 
 
@@ -86,7 +91,8 @@ def quality(sets: list[str], baselines: list[str], seeds: str) -> list[dict]:
             row = {"set": name, "setting": base, "command": " ".join(cmd), "seconds": round(time.perf_counter() - t),
                    "iauroc": m["image_auroc"]["mean"], "iauroc_std": m["image_auroc"]["std"],
                    "pauroc": m["pixel_auroc"]["mean"], "aupro": m["pixel_aupro"]["mean"],
-                   "chosen": (desc.get("selfconfig") or {}).get("chosen"), "work_side": desc.get("work_side")}
+                   "chosen": (desc.get("selfconfig") or {}).get("chosen"), "work_side": desc.get("work_side"),
+                   "aligned": (desc.get("alignment") or {}).get("active")}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

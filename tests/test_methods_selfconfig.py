@@ -48,6 +48,29 @@ def test_defect_inside_mask_and_nothing_outside(kind):
     assert torch.equal(a, b) and torch.equal(ma, mb)  # deterministic for a seed
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_defect_on_a_region_stays_on_it(kind):
+    """With a region (the part), a local defect lies on it and changes nothing else; the first
+    draw is the one without a region, so a region that holds it changes nothing; global kinds
+    ignore the region."""
+    img = _image(64, 96)
+    region = torch.zeros(64, 96, dtype=torch.bool)
+    region[26:38, 10:86] = True  # a bar, 15 % of the image
+    for seed in range(5):
+        out, mask = make_defect(img, kind, seed, region)
+        changed = (out - img).abs().amax(0) > 1e-6
+        if kind in LOCAL_KINDS:
+            assert mask.any() and not (mask & ~region).any(), (kind, seed)
+            assert changed.any() and not (changed & ~mask).any(), (kind, seed)
+        else:
+            assert mask.all() and torch.equal(out, make_defect(img, kind, seed)[0])
+        free = make_defect(img, kind, seed)
+        everywhere = make_defect(img, kind, seed, torch.ones(64, 96, dtype=torch.bool))
+        assert torch.equal(free[0], everywhere[0]) and torch.equal(free[1], everywhere[1])
+    with pytest.raises(ValueError, match="does not match"):
+        make_defect(img, "blob", 0, torch.ones(10, 10, dtype=torch.bool))
+
+
 def test_native_shape_keeps_aspect_and_area():
     h, w = native_shape(460, 1130, 224, 14)
     assert h % 14 == 0 and w % 14 == 0
@@ -360,6 +383,26 @@ def test_aligned_model_saves_loads_and_refits_with_its_alignment(tmp_path):
         assert m.align_on
     forced = _random_knn(align="on").fit(_refs())
     assert forced.align_on and forced.describe()["alignment"]["reason"] == "align=on"
+
+
+def test_aligned_knn_plants_its_synthetic_defects_on_the_part():
+    """Self-configuration and the threshold calibration draw their synthetic defects on the part
+    when the images are aligned (real defects lie on the part, not on the plain background)."""
+    from fsiad.fewshot.workflow.thresholds import SYNTH_KINDS, defect_views
+
+    refs, _ = _screws()
+    m = _random_knn().fit(refs)
+    part = m.defect_region(refs.images[0])
+    assert part is not None and part.shape == refs.images[0].shape[1:] and 0.01 < float(part.float().mean()) < 0.2
+    assert _random_knn().fit(_refs()).defect_region(refs.images[0]) is None  # not aligned: anywhere
+    one = refs[:1]
+    bad = defect_views(one, SYNTH_KINDS, 3, m.defect_region)
+    free = defect_views(one, SYNTH_KINDS, 3)
+    base = one.images[0].int()
+    for y in bad.images:
+        changed = (y.int() - base).abs().amax(0) > 0
+        assert changed.any() and not (changed & ~part).any()
+    assert any(((z.int() - base).abs().amax(0) > 0)[~part].any() for z in free.images)  # without: off the part too
 
 
 @pytest.mark.needs_weights

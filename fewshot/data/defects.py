@@ -16,7 +16,10 @@ Local kinds (sizes relative to the image, so they follow the working geometry):
 Global kinds: ``warp`` (smooth sinusoidal displacement), ``color`` (per-channel gain and
 offset), ``blur`` (Gaussian), ``contrast`` (scaled around the image mean).
 
-Everything is deterministic for a given generator state.
+Everything is deterministic for a given generator state. ``make_defect(..., region=mask)``
+plants a local defect on a region (a part on a plain background): a defect that falls less
+than half on the region is moved so that its centre lies on a pixel of the region drawn at
+random, then cut to the region.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import torch.nn.functional as F
 LOCAL_KINDS = ("cutpaste", "blend", "scratch", "blob")
 GLOBAL_KINDS = ("warp", "color", "blur", "contrast")
 KINDS = LOCAL_KINDS + GLOBAL_KINDS
+#: a local defect planted on a region that lies less than this share on it is moved onto it
+MIN_ON_REGION = 0.5
 
 
 def _check(image: torch.Tensor) -> tuple[int, int]:
@@ -173,8 +178,25 @@ GENERATORS = {"cutpaste": cutpaste, "blend": blend, "scratch": scratch, "blob": 
               "warp": warp, "color": color, "blur": blur, "contrast": contrast}
 
 
-def make_defect(image: torch.Tensor, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x [..., H, W]`` moved by ``(dy, dx)`` pixels; what enters is zero (False)."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src = x[..., max(0, -dy): h - max(0, dy), max(0, -dx): w - max(0, dx)]
+    out[..., max(0, dy): max(0, dy) + src.shape[-2], max(0, dx): max(0, dx) + src.shape[-1]] = src
+    return out
+
+
+def make_defect(image: torch.Tensor, kind: str, seed: int,
+                region: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One synthetic defect of ``kind`` on ``image`` ``[3, H, W]``; deterministic for ``seed``.
+
+    ``region`` (bool ``[H, W]``, optional): where a local defect may lie (e.g. the part on a
+    plain background). A defect that lies less than half on it is moved so that the centre of
+    its mask lands on a pixel of the region (drawn from ``seed``), then cut to the region; a
+    region that holds the defect changes nothing. Global kinds ignore it.
 
     Returns:
         ``(image', mask)``: ``[3, H, W]`` float in ``[0, 1]`` and bool ``[H, W]`` (all true for
@@ -182,8 +204,20 @@ def make_defect(image: torch.Tensor, kind: str, seed: int) -> tuple[torch.Tensor
     """
     if kind not in GENERATORS:
         raise ValueError(f"defects: unknown kind {kind!r}; use one of {KINDS}")
+    x = image.float()
     rng = np.random.default_rng(seed)
-    out, mask = GENERATORS[kind](image.float(), rng)
-    if kind in LOCAL_KINDS:
-        out = torch.where(mask, out, image.float())
-    return out, mask
+    if kind not in LOCAL_KINDS:
+        return GENERATORS[kind](x, rng)
+    out, mask = GENERATORS[kind](x, rng)
+    if region is not None:
+        if tuple(region.shape) != tuple(x.shape[1:]):
+            raise ValueError(f"defects: region {tuple(region.shape)} does not match the image {tuple(x.shape[1:])}")
+        if region.any() and mask.any() and float((mask & region).sum()) < MIN_ON_REGION * float(mask.sum()):
+            ys, xs = torch.nonzero(region, as_tuple=True)
+            pick = int(np.random.default_rng([seed, 1]).integers(ys.numel()))
+            my, mx = torch.nonzero(mask, as_tuple=True)
+            dy, dx = int(ys[pick]) - round(float(my.float().mean())), int(xs[pick]) - round(float(mx.float().mean()))
+            out, mask = _shift(out, dy, dx), _shift(mask, dy, dx)
+        if (mask & region).any():
+            mask = mask & region
+    return torch.where(mask, out, x), mask

@@ -131,6 +131,12 @@ class AnomalyMethod(ABC):
         (knn's global term) says ``False``."""
         return True
 
+    def defect_region(self, image: torch.Tensor) -> torch.Tensor | None:
+        """Where synthetic defects belong on ``image`` ``[3, H, W]`` (float): a bool ``[H, W]``
+        mask, or ``None`` (the default: anywhere). A method that has found the part on a plain
+        background (knn's alignment) plants them on the part, as real defects are."""
+        return None
+
     @property
     def normal_log_spread(self) -> float | None:
         """Typical log-scale (sigma of log scores) of normal image scores across parts, for

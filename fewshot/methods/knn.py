@@ -46,7 +46,7 @@ from fsiad.fewshot.methods.knn_auto import (
     synth_defects,
 )
 from fsiad.fewshot.methods.options import Option, defaults
-from fsiad.fewshot.ops.align import Pose, align, axial_spread, principal_pose, unalign
+from fsiad.fewshot.ops.align import Pose, align, axial_spread, foreground, principal_pose, unalign
 from fsiad.fewshot.ops.features import block_depth, fuse_layers, parse_layers
 from fsiad.fewshot.ops.knn import knn_search
 from fsiad.fewshot.ops.pooling import topk_mean
@@ -415,6 +415,13 @@ class PatchKNN(AnomalyMethod):
             out.append(resize(img, shape))
         return out
 
+    def defect_region(self, image: torch.Tensor) -> torch.Tensor | None:
+        """The part (``ops.align.foreground``) when the images are aligned, else ``None``: the
+        part then lies on a plain background, and real defects lie on the part."""
+        if not self.align_on:
+            return None
+        return foreground(image.float() / 255.0 if image.dtype == torch.uint8 else image.float())[0]
+
     def _aligned(self, work: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Pose | None]]:
         """Working images rotated to their part's axis when alignment is active, and their poses."""
         if not self.align_on:
@@ -583,7 +590,7 @@ class PatchKNN(AnomalyMethod):
         for j, i in enumerate(order[:n_held]):
             mem, held, rest = self._loo_split(per_ref, i, names)
             gmem = torch.stack([pooled(f[gname]) for f in rest])
-            synth = synth_defects(refs[i], plan[j], seed)
+            synth = synth_defects(refs[i], plan[j], seed, self.defect_region(refs[i]))
             dfeats = self._encode([x for x, _ in synth], names)
             kinds += [k for _, k in synth]
             for n in names:

@@ -178,9 +178,11 @@ def defect_plan(n_ref: int, budget: int) -> list[list[str]]:
     return plan
 
 
-def synth_defects(image: torch.Tensor, kinds: Sequence[str], seed: int) -> list[tuple[torch.Tensor, str]]:
+def synth_defects(image: torch.Tensor, kinds: Sequence[str], seed: int,
+                  region: torch.Tensor | None = None) -> list[tuple[torch.Tensor, str]]:
+    """Synthetic defects of ``kinds`` on ``image`` (local ones inside ``region`` when given)."""
     base = image_seed(image, seed)
-    return [(make_defect(image, k, base + 7919 * j)[0], k) for j, k in enumerate(kinds)]
+    return [(make_defect(image, k, base + 7919 * j, region)[0], k) for j, k in enumerate(kinds)]
 
 
 def separation(normal: torch.Tensor, local: torch.Tensor, glob: torch.Tensor) -> dict[str, float]:

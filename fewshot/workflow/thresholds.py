@@ -58,8 +58,10 @@ the decisions did not keep (measured false alarms up to 10 %).
    into the normals (bench/results/86_thresholds.json). What varies between few references
    (exposure, pose) outweighs one reference more.
 4. **Synthetic defects.** Each held-out reference also gets the four local synthetic defects
-   of ``fsiad.fewshot.data.defects`` (``SYNTH_KINDS``: cutpaste, blend, scratch, blob; seeded),
-   scored by the same LOO model. The threshold is placed between the two distributions:
+   of ``fsiad.fewshot.data.defects`` (``SYNTH_KINDS``: cutpaste, blend, scratch, blob; seeded;
+   on the part where the method names one, ``defect_region``: knn's aligned parts on a plain
+   background, where defects drawn anywhere land mostly on the background and score 2-4 x the
+   real ones), scored by the same LOO model. The threshold is placed between the two distributions:
    threshold = max(d / ``RAISE_MARGIN`` (2), floor), d = the **weakest kind's** median score
    (per kind the median over the held-out references, then the lowest of the kinds), floor =
    the tail fit at ``FLOOR_FPR_FACTOR`` (2) x ``target_fpr``. The margin of 2 leaves room for real
@@ -106,7 +108,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from statistics import NormalDist
 from typing import Any
@@ -307,21 +309,28 @@ def bounded_threshold(normal: Sequence[float], defects: Sequence[Sequence[float]
     return out
 
 
-def defect_views(batch: Any, kinds: Sequence[str], seed: int) -> Any:
+def defect_views(batch: Any, kinds: Sequence[str], seed: int,
+                 region_of: Callable[[torch.Tensor], torch.Tensor | None] | None = None) -> Any:
     """Synthetic defects (``fsiad.fewshot.data.defects.make_defect``) of ``kinds`` on the one
     prepared image of ``batch``, as a batch of the same type; ``None`` for batch types whose
-    image cannot be read (no synthetic defects then)."""
+    image cannot be read (no synthetic defects then). ``region_of(image)`` (the method's
+    ``defect_region``) says where on the image local defects belong (``None``: anywhere)."""
     from fsiad.fewshot.data.defects import make_defect
 
+    def region(f: torch.Tensor) -> torch.Tensor | None:
+        return region_of(f) if region_of is not None else None
+
     if isinstance(batch, torch.Tensor) and batch.ndim == 4 and batch.shape[0] == 1 and batch.is_floating_point():
-        return torch.stack([make_defect(batch[0], k, seed + 7919 * j)[0].to(batch.dtype) for j, k in enumerate(kinds)])
+        r = region(batch[0].float())
+        return torch.stack([make_defect(batch[0], k, seed + 7919 * j, r)[0].to(batch.dtype)
+                            for j, k in enumerate(kinds)])
     images, sizes = getattr(batch, "images", None), getattr(batch, "sizes", None)
     if isinstance(images, list) and len(images) == 1 and isinstance(images[0], torch.Tensor) and sizes:
         x = images[0]
         f = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        out = []
+        out, r = [], region(f)
         for j, k in enumerate(kinds):
-            y = make_defect(f, k, seed + 7919 * j)[0]
+            y = make_defect(f, k, seed + 7919 * j, r)[0]
             out.append((y * 255.0 + 0.5).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype))
         return type(batch)(out, [sizes[0]] * len(out))
     return None
@@ -483,7 +492,8 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         s = [float(v) for v in res.image_scores]
         maps = res.anomaly_maps.detach().cpu().float().flatten(1)
         if rule.kind == "tail" and synthetic:
-            bad = defect_views(method.prepare([refs[i]]), SYNTH_KINDS, seed * 1000 + 31 * i)
+            bad = defect_views(method.prepare([refs[i]]), SYNTH_KINDS, seed * 1000 + 31 * i,
+                               getattr(method, "defect_region", None))
             defects.append([float(v) for v in method.predict(bad).image_scores] if bad is not None else [])
         scores.append(s[0])
         views.append(s[1:])
