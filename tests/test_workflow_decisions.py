@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -341,3 +342,24 @@ def test_maps_return_to_the_image_with_the_crop_undone():
     assert abs(xs.min() - 80 / 256 * 768) <= 4 and abs(xs.max() - 112 / 256 * 768) <= 4
     ys, xs = np.nonzero(defect_mask(amap, (512, 768), 0.5, Preprocess(size=224)))  # no crop
     assert abs(ys.min() - 64 / 224 * 512) <= 3 and abs(xs.min() - 64 / 224 * 768) <= 4
+
+
+def test_rotated_parts_are_aligned_and_the_run_says_so(tmp_path):
+    """A part at any angle (synthetic screws): `fsiad score` rotates every image to the part's
+    axis and says so in the console, the report and run.json; overlays keep the source size."""
+    from fsiad.fewshot.data.synthetic import make_mvtec_dataset
+
+    make_mvtec_dataset(tmp_path / "d", ["screw"], image_size=64, n_train=4, n_test_good=2, n_test_defect=1, seed=0)
+    root = tmp_path / "d" / "screw"
+    out = tmp_path / "o"
+    r = _run(["score", "--shots", "4", "--allow-random", "--image-size", "56", "-o", "budget=8",
+              "--normal", str(root / "train" / "good"), "--out", str(out), str(root / "test")])
+    assert r.exit_code == 0, r.output
+    assert "knn: the references show an elongated part at angles up to" in r.output
+    assert "rotated to the part's principal axis" in html.unescape((out / "report.html").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"]["alignment"]["active"] and len(run["method"]["alignment"]["angles_deg"]) == 4
+    from PIL import Image
+
+    for p in (out / "overlays").glob("*.png"):
+        assert Image.open(p).size == (64, 64)

@@ -277,24 +277,28 @@ class OutputFolder:
         metrics = label_metrics(images, thr)
         scale = colour_scale(calibration, map_range if images else (0.0, 0.0))
         flagged = sorted((im for im in images if decision(im.score, thr) == "anomalous"), key=lambda im: -im.score)
+        described = method.describe()
+        alignment = described.get("alignment") or {}
         summary = {
             "flagged": f"{len(flagged)} of {len(images)}" if thr is not None else "no threshold (scores only)",
             "images scored": len(images),
             "targets not scored": len(errors),
-            "method": method.name,
+            "method": method.name + (f" ({described['configuration']})" if described.get("configuration") else ""),
             "references": len(references),
             "threshold": "none (scores only)" if thr is None else f"{thr:.6g} ({calibration.source}"
             + (f", rule {calibration.rule}" if calibration.rule else "") + ")",
             "expected false-alarm rate": calibration.expected_fpr,
             "labels": settings.get("labels_source") or "none",
         }
+        if alignment.get("active"):
+            summary["orientation"] = alignment.get("reason", "every image rotated to the part's principal axis")
         if metrics and "image_auroc" in metrics:
             summary["image AUROC"] = f"{metrics['image_auroc']:.4f}"
         self._write_report(method, images, errors, calibration, settings, references, summary, metrics, scale,
                            title, progress)
         record = {
             "settings": settings,
-            "method": method.describe(),
+            "method": described,
             "references": [str(r.path) for r in references],
             "threshold": calibration.to_dict(),
             "warnings": calibration.warnings(),

@@ -407,6 +407,9 @@ class FittedModel:
         thr = self.calibration.threshold
         for line in self.calibration.warnings():
             log(line)
+        alignment = self.method.describe().get("alignment") or {}
+        if alignment.get("active"):
+            log(f"{self.method.name}: {alignment.get('reason', 'every image is rotated to the part principal axis')}")
         ref_paths = {Path(r.path).resolve() for r in self.references}
         overlap = sum(Path(s.path).resolve() in ref_paths for s in samples)
         if overlap:
