@@ -50,6 +50,7 @@ BASELINES = {
     "square-mid (former default)": ["-o", "preset=mid", "-o", "geometry=square"],
     "square-last": ["-o", "preset=last", "-o", "geometry=square"],
     "align off": ["-o", "align=off"],
+    "augment none": ["-o", "augment=none"],
 }
 
 

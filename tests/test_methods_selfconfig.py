@@ -430,3 +430,18 @@ def test_real_dinov2_aligned_map_marks_the_defect_where_it_is_in_the_image():
     iy, ix = divmod(int(torch.argmax(maps[0])), w)
     assert math.hypot(ix + 0.5 - cx, iy + 0.5 - cy) < 12, ((ix, iy), (cx, cy))
     assert float(scores[0]) > float(scores[1:].max())
+
+
+def test_aligned_knn_without_flipped_views_points_the_part_one_way(monkeypatch):
+    """``augment=none`` has no half-turned views, so the aligned part must point one way: a
+    reference turned by 180 degrees then scores like itself; with the pose's direction ignored
+    it would score as a different part."""
+    from fsiad.fewshot.methods import knn as knn_module
+
+    refs, _ = _screws(size=128)
+    turned = NativeBatch([torch.rot90(refs.images[0], 2, dims=(1, 2)), refs.images[0]], [refs.sizes[0]] * 2)
+    m = _random_knn(augment="none", align="on", preset="mid").fit(refs)
+    s = m.predict(turned).image_scores
+    monkeypatch.setattr(knn_module, "directed", lambda pose: pose)
+    u = _random_knn(augment="none", align="on", preset="mid").fit(refs).predict(turned).image_scores
+    assert abs(float(s[0] - s[1])) < 0.25 * abs(float(u[0] - u[1])), (s.tolist(), u.tolist())

@@ -107,3 +107,28 @@ def test_pose_of_a_large_image_is_measured_on_a_small_copy_with_the_same_result(
     assert abs(math.degrees(pb.angle - ps.angle)) < 1.0 and abs(math.degrees(pb.angle) + 20.0) < 1.0
     assert abs(pb.cx - 0.4) < 0.01 and abs(pb.cy - 0.6) < 0.01 and pb.usable
     assert len(pb.background) == 3 and abs(pb.background[1] - 0.22) < 0.01
+
+
+def _headed(angle, h=96, w=96):
+    """A bar with a wide head at one end (a screw seen from the side)."""
+    bar, _ = _bar(h, w, angle=angle, length=0.6, width=0.06)
+    head, _ = _bar(h, w, angle=angle, cx=0.5 - 0.27 * math.cos(math.radians(angle)) * min(h, w) / w,
+                   cy=0.5 - 0.27 * math.sin(math.radians(angle)) * min(h, w) / h, length=0.08, width=0.16)
+    return torch.maximum(bar, head)
+
+
+@pytest.mark.parametrize("angle", [20.0, -75.0])
+def test_directed_pose_lays_an_asymmetric_part_the_same_way_round(angle):
+    from fsiad.fewshot.ops.align import directed
+
+    a, b = _headed(angle), _headed(angle + 180.0)
+    pa, pb = principal_pose(a), principal_pose(b)
+    assert abs(pa.skew) > 0.2 and abs(pb.skew) > 0.2 and pa.skew * pb.skew < 0  # opposite ends heavier
+    undirected = (align(a, pa) - align(b, pb)).abs().mean()
+    da, db = directed(pa), directed(pb)
+    assert da.skew > 0 and db.skew > 0 and -math.pi < da.angle <= math.pi
+    same = (align(a, da) - align(b, db)).abs().mean()
+    assert float(same) < 0.01 < float(undirected), (float(same), float(undirected))
+    # a part symmetric along its axis keeps its pose (nothing to decide)
+    sym = principal_pose(_bar(angle=angle)[0])
+    assert abs(sym.skew) < 0.05

@@ -46,7 +46,7 @@ from fsiad.fewshot.methods.knn_auto import (
     synth_defects,
 )
 from fsiad.fewshot.methods.options import Option, defaults
-from fsiad.fewshot.ops.align import Pose, align, axial_spread, foreground, principal_pose, unalign
+from fsiad.fewshot.ops.align import Pose, align, axial_spread, directed, foreground, principal_pose, unalign
 from fsiad.fewshot.ops.features import block_depth, fuse_layers, parse_layers
 from fsiad.fewshot.ops.knn import knn_search
 from fsiad.fewshot.ops.pooling import topk_mean
@@ -192,7 +192,9 @@ class PatchKNN(AnomalyMethod):
     background (a screw) is rotated in every image so that its principal axis lies along the
     image's longer side, about its centroid moved to the image centre (``fsiad.fewshot.ops.align``:
     background = median colour of the border band, part = Otsu's threshold on the distance to
-    it, axis = second moments); the remaining half turn is one of the flipped views. ``auto``
+    it, axis = second moments); the remaining half turn is one of the flipped views (with
+    ``augment="none"``, which has none, the part is turned so that its heavier end points one
+    way: ``ops.align.directed``, the third moment along the axis). ``auto``
     turns it on only when every reference shows an elongated part (second moments at least
     3 : 1) on a plain background (at most 10 % of the border band on the part) and two
     references' axes differ by more than ``ALIGN_SPREAD_DEG`` (15) degrees; otherwise nothing
@@ -422,11 +424,17 @@ class PatchKNN(AnomalyMethod):
             return None
         return foreground(image.float() / 255.0 if image.dtype == torch.uint8 else image.float())[0]
 
+    def _pose(self, image: torch.Tensor) -> Pose:
+        """The part's pose; pointing one way (``directed``) when the references' views do not
+        include the half turn (``augment=none``), since flips cover it otherwise."""
+        pose = principal_pose(image)
+        return directed(pose) if self.opts["augment"] == "none" else pose
+
     def _aligned(self, work: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Pose | None]]:
         """Working images rotated to their part's axis when alignment is active, and their poses."""
         if not self.align_on:
             return work, [None] * len(work)
-        poses = [principal_pose(x) for x in work]
+        poses = [self._pose(x) for x in work]
         return [align(x, p) for x, p in zip(work, poses, strict=True)], poses
 
     # -- features -----------------------------------------------------------------------
@@ -479,7 +487,7 @@ class PatchKNN(AnomalyMethod):
         self.work_side = frozen["work_side"] if frozen else self.choose_work_side([s for _, s in items])
         refs = self._working(items)
         mode = self.opts["align"]
-        self._align_poses = [principal_pose(x) for x in refs] if self.native and mode != "off" else []
+        self._align_poses = [self._pose(x) for x in refs] if self.native and mode != "off" else []
         if frozen:
             self.align_on, self.align_info = frozen["align"]
         elif self._align_poses:

@@ -17,7 +17,7 @@ All functions work on one image ``[C, H, W]`` (float) or map ``[H, W]`` in its o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +38,14 @@ class Pose:
 
     Attributes:
         angle: direction of the principal axis, radians in ``(-pi/2, pi/2]`` from the x axis
-            (image rows grow downwards).
+            (image rows grow downwards; ``(-pi, pi]`` after :func:`directed`).
         cx, cy: centroid of the part, as fractions of the image width and height.
         elongation: ratio of the larger to the smaller second moment (1 = no axis).
         area: share of the image on the part.
         border: share of the border band on the part.
         background: the background colour (per channel), which fills what ``align`` uncovers.
+        skew: standardised third moment of the part along ``angle``'s direction (which end is
+            heavier: a screw's head; about 0 for a part symmetric along its axis).
     """
 
     angle: float
@@ -53,6 +55,7 @@ class Pose:
     area: float
     border: float
     background: tuple[float, ...] = ()
+    skew: float = 0.0
 
     @property
     def usable(self) -> bool:
@@ -113,7 +116,18 @@ def principal_pose(image: torch.Tensor) -> Pose:
     spread = math.sqrt(float((cxx - cyy) ** 2 + 4 * cxy**2))
     big, small = float(cxx + cyy + spread) / 2, float(cxx + cyy - spread) / 2
     elong = big / max(small, 1e-9)
-    return Pose(angle, float(mx) / w, float(my) / h, elong, n / (h * w), border, background)
+    u = (xs - mx) * math.cos(angle) + (ys - my) * math.sin(angle)
+    skew = float((u**3).mean() / max(float((u**2).mean()), 1e-12) ** 1.5)
+    return Pose(angle, float(mx) / w, float(my) / h, elong, n / (h * w), border, background, skew)
+
+
+def directed(pose: Pose) -> Pose:
+    """``pose`` turned by a half turn where needed so that its skew is positive: ``align`` then
+    lays an asymmetric part the same way round whichever way it pointed (for methods whose
+    references do not include the half turn); a part symmetric along its axis stays ambiguous."""
+    if pose.skew >= 0:
+        return pose
+    return replace(pose, angle=pose.angle + (math.pi if pose.angle <= 0 else -math.pi), skew=-pose.skew)
 
 
 def axial_spread(angles: list[float]) -> float:
