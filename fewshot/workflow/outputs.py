@@ -96,6 +96,15 @@ def _score_row(im: ScoredImage, threshold: float | None) -> list[str]:
             "" if im.image_term is None else repr(im.image_term)]
 
 
+def orientation_note(described: dict[str, Any]) -> str | None:
+    """What a method's description says about rotating the images (knn's ``alignment``), when
+    it rotated them; else ``None``. Console and report show it."""
+    alignment = described.get("alignment") or {}
+    if not alignment.get("active"):
+        return None
+    return str(alignment.get("reason") or "every image is rotated to the part's principal axis")
+
+
 class OutputFolder:
     """One run's hold on an output folder (see the module docstring for the contract).
 
@@ -278,7 +287,6 @@ class OutputFolder:
         scale = colour_scale(calibration, map_range if images else (0.0, 0.0))
         flagged = sorted((im for im in images if decision(im.score, thr) == "anomalous"), key=lambda im: -im.score)
         described = method.describe()
-        alignment = described.get("alignment") or {}
         summary = {
             "flagged": f"{len(flagged)} of {len(images)}" if thr is not None else "no threshold (scores only)",
             "images scored": len(images),
@@ -290,8 +298,8 @@ class OutputFolder:
             "expected false-alarm rate": calibration.expected_fpr,
             "labels": settings.get("labels_source") or "none",
         }
-        if alignment.get("active"):
-            summary["orientation"] = alignment.get("reason", "every image rotated to the part's principal axis")
+        if note := orientation_note(described):
+            summary["orientation"] = note
         if metrics and "image_auroc" in metrics:
             summary["image AUROC"] = f"{metrics['image_auroc']:.4f}"
         self._write_report(method, images, errors, calibration, settings, references, summary, metrics, scale,

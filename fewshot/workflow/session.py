@@ -50,7 +50,7 @@ from fsiad.fewshot.errors import OptionError
 from fsiad.fewshot.fileio import code_fingerprint
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig
 from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMO_TARGET_SEED
-from fsiad.fewshot.workflow.outputs import OutputFolder, check_output
+from fsiad.fewshot.workflow.outputs import OutputFolder, check_output, orientation_note
 from fsiad.fewshot.workflow.references import check_shots, select_references
 from fsiad.fewshot.workflow.runner import ScoredImage, decision, fit_references, label_metrics, score_chunks
 from fsiad.fewshot.workflow.scores_file import evidence
@@ -407,9 +407,9 @@ class FittedModel:
         thr = self.calibration.threshold
         for line in self.calibration.warnings():
             log(line)
-        alignment = self.method.describe().get("alignment") or {}
-        if alignment.get("active"):
-            log(f"{self.method.name}: {alignment.get('reason', 'every image is rotated to the part principal axis')}")
+        note = orientation_note(self.method.describe())
+        if note:
+            log(f"{self.method.name}: {note}")
         ref_paths = {Path(r.path).resolve() for r in self.references}
         overlap = sum(Path(s.path).resolve() in ref_paths for s in samples)
         if overlap:
