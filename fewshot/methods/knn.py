@@ -668,14 +668,12 @@ class PatchKNN(AnomalyMethod):
         scores, maps, terms = [], [], []
         for f, x, (_, size), pose in zip(feats, work, items, poses, strict=True):
             grid, mgrid = self._combine(f, self.memories, self.weights, self.norm)
+            shape = tuple(x.shape[1:])
             if pose is not None:  # the map back in the image's own frame, at the working pixels
-                up = torch.nn.functional.interpolate(mgrid.float()[None, None], size=tuple(x.shape[1:]),
-                                                     mode="bilinear", align_corners=False)[0, 0]
-                mgrid = unalign(up, pose)
+                mgrid = unalign(map_to_shape(mgrid, shape, shape, 0.0), pose)
             terms.append(self._global_term(f))
             scores.append(topk_mean(grid[None], fraction)[0] + terms[-1])
             if own_size:
-                shape = tuple(x.shape[1:])
                 maps.append(map_to_shape(mgrid, shape, size, sigma * math.sqrt(shape[0] * shape[1]) / s))
             else:
                 maps.append(map_to_square(mgrid, s, sigma))

@@ -317,18 +317,15 @@ def defect_views(batch: Any, kinds: Sequence[str], seed: int,
     ``defect_region``) says where on the image local defects belong (``None``: anywhere)."""
     from fsiad.fewshot.data.defects import make_defect
 
-    def region(f: torch.Tensor) -> torch.Tensor | None:
-        return region_of(f) if region_of is not None else None
-
     if isinstance(batch, torch.Tensor) and batch.ndim == 4 and batch.shape[0] == 1 and batch.is_floating_point():
-        r = region(batch[0].float())
+        r = region_of(batch[0].float()) if region_of else None
         return torch.stack([make_defect(batch[0], k, seed + 7919 * j, r)[0].to(batch.dtype)
                             for j, k in enumerate(kinds)])
     images, sizes = getattr(batch, "images", None), getattr(batch, "sizes", None)
     if isinstance(images, list) and len(images) == 1 and isinstance(images[0], torch.Tensor) and sizes:
         x = images[0]
         f = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        out, r = [], region(f)
+        out, r = [], region_of(f) if region_of else None
         for j, k in enumerate(kinds):
             y = make_defect(f, k, seed + 7919 * j, r)[0]
             out.append((y * 255.0 + 0.5).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype))
@@ -492,8 +489,7 @@ def calibrate_loo(method: AnomalyMethod, refs: Sequence[Sample], rule: Threshold
         s = [float(v) for v in res.image_scores]
         maps = res.anomaly_maps.detach().cpu().float().flatten(1)
         if rule.kind == "tail" and synthetic:
-            bad = defect_views(method.prepare([refs[i]]), SYNTH_KINDS, seed * 1000 + 31 * i,
-                               getattr(method, "defect_region", None))
+            bad = defect_views(method.prepare([refs[i]]), SYNTH_KINDS, seed * 1000 + 31 * i, method.defect_region)
             defects.append([float(v) for v in method.predict(bad).image_scores] if bad is not None else [])
         scores.append(s[0])
         views.append(s[1:])
