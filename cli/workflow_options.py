@@ -12,6 +12,7 @@ from typing import Any
 import click
 from fsiad.cli.options import method_config_from, method_options
 from fsiad.fewshot.workflow.demo import DEFAULT_DEMO_SIZE, DEMOS
+from fsiad.fewshot.workflow.report import labels_advice
 from fsiad.fewshot.workflow.rule_defaults import DEFAULT_RULE, DEFAULT_TARGET_FPR
 
 
@@ -131,6 +132,8 @@ def print_results(results: Any, as_json: bool = False, fail_on_anomaly: bool = F
     if "true_positives" in m:
         echo(f"at the threshold: TP {m['true_positives']}, FP {m['false_positives']}, "
              f"TN {m['true_negatives']}, FN {m['false_negatives']}")
+    for line in labels_advice(m.get("from_labels")):
+        echo(line)
     echo(f"report: {out / 'report.html'}  (scores: {out / 'scores.csv'}; {results.wall_s:.0f} s)")
     if as_json:
         click.echo(json.dumps(results.summary(), default=str))

@@ -8,7 +8,7 @@ import fsiad.fewshot.metrics.core as core
 import numpy as np
 import pytest
 import torch
-from fsiad.fewshot.metrics import average_precision, f1_max, image_metrics, pixel_metrics
+from fsiad.fewshot.metrics import average_precision, f1_max, image_metrics, operating_points, pixel_metrics
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
@@ -117,3 +117,54 @@ def test_pixel_metrics_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
         tracemalloc.stop()
     assert res["pixel_auroc"] == 1.0 and res["pixel_aupro"] == pytest.approx(1.0)
     assert peak < 0.75 * maps.nbytes, peak / maps.nbytes
+
+
+def _brute_points(s: np.ndarray, y: np.ndarray, max_fpr: float) -> tuple[float | None, float]:
+    """Over every candidate threshold (each distinct score, and one above all): the most recall with
+    FPR <= max_fpr (None if it is 0) and the best F1, by counting flags one threshold at a time."""
+    best_recall, best_f1 = 0.0, 0.0
+    for t in [*np.unique(s), s.max() + 1]:
+        flag = s >= t
+        tp, fp = int((flag & (y == 1)).sum()), int((flag & (y == 0)).sum())
+        if fp / (y == 0).sum() <= max_fpr + 1e-12:
+            best_recall = max(best_recall, tp / (y == 1).sum())
+        best_f1 = max(best_f1, 2 * tp / (tp + fp + (y == 1).sum()))
+    return (best_recall or None), best_f1
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ties", [False, True])
+def test_operating_points_equal_bruteforce(seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    n0, n1 = int(rng.integers(5, 80)), int(rng.integers(5, 80))
+    s = np.r_[rng.normal(0, 1, n0), rng.normal(1.2, 1, n1)]
+    if ties:
+        s = np.round(s, 1)
+    y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+    for max_fpr in (0.0, 0.05, 0.2):
+        pts = operating_points(s, y, max_fpr)
+        recall, f1 = _brute_points(s, y, max_fpr)
+        at, best = pts["at_fpr"], pts["f1_max"]
+        assert (at is None) == (recall is None)
+        for p in (at, best):
+            if p is None:
+                continue
+            flag = s >= p["threshold"]  # the reported threshold makes exactly the decisions it reports
+            assert int((flag & (y == 0)).sum()) == p["false_alarms"]
+            assert int((~flag & (y == 1)).sum()) == p["misses"]
+            assert p["recall"] == pytest.approx(1 - p["misses"] / n1)
+            assert p["false_positive_rate"] == pytest.approx(p["false_alarms"] / n0)
+            # rounded to the 6 significant digits the console prints, it still decides alike
+            assert np.array_equal(s >= float(f"{p['threshold']:.6g}"), flag)
+        if at is not None:
+            assert at["recall"] == pytest.approx(recall) and at["false_positive_rate"] <= max_fpr + 1e-12
+        assert best["f1"] == pytest.approx(f1) == pytest.approx(f1_max(s, y))
+
+
+def test_operating_points_refuse_one_class_and_bad_rate() -> None:
+    with pytest.raises(ValueError, match="normal and anomalous"):
+        operating_points(np.array([0.1, 0.2]), np.array([1, 1]), 0.05)
+    with pytest.raises(ValueError, match="max_fpr"):
+        operating_points(np.array([0.1, 0.2]), np.array([0, 1]), 1.5)
+    # every defect below every normal: no threshold at 0 false alarms flags one
+    assert operating_points(np.array([0.5, 0.6, 0.1, 0.2]), np.array([0, 0, 1, 1]), 0.0)["at_fpr"] is None

@@ -200,3 +200,27 @@ def test_demo_mix_and_labels(tmp_path):
     assert r2.exit_code == 0 and read_scores(tmp_path / "again") == rows
     bad = invoke("score", "--method", "wf_pixdiff", "--shots", 2, "--demo", "textile", "--out", tmp_path / "x", out)
     assert bad.exit_code != 0 and "--demo picks its own targets" in bad.output
+
+
+def test_labels_suggest_a_threshold_that_decides_as_reported(tree, tmp_path):
+    """With labels, the run names the threshold they support; passed back as --threshold (as
+    printed, 6 digits) it makes exactly the decisions the suggestion reported."""
+    common = ["--method", "wf_pixdiff", "--shots", 4, "--normal", tree["normal"], "--labels", tree["labels"], "-q",
+              "--target-fpr", 0.2]
+    r = invoke("score", *common, "--out", tmp_path / "a", tree["targets"])
+    assert r.exit_code == 0, r.output
+    fl = json.loads((tmp_path / "a" / "run.json").read_text())["metrics"]["from_labels"]
+    assert fl["target_fpr"] == 0.2 and fl["n_normal"] == 4 and fl["n_anomalous"] == 4
+    at = fl["at_fpr"]
+    assert at["recall"] == 1.0 and at["false_alarms"] == 0  # separable: every defect at no false alarm
+    assert "label at least 5 normal parts" in fl["note"]  # 4 normals cannot show a rate of 0.2
+    printed = re.search(r"from these labels: --threshold (\S+) flags 100% of the defects at 0\.0% false alarms "
+                        r"\(0 of 4 normal images; target 0\.2\)", r.output)
+    assert printed and "best F1 (1.000)" in r.output and "chosen on these images" in r.output
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "from these labels: --threshold" in html and "label at least 5 normal parts" in html
+    r = invoke("score", *common, "--threshold", printed.group(1), "--out", tmp_path / "b", tree["targets"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "b" / "run.json").read_text())["metrics"]
+    assert (m["false_positives"], m["false_negatives"]) == (at["false_alarms"], at["misses"])
+    assert m["from_labels"]["target_fpr"] == 0.2  # the run's target, also with a user threshold

@@ -40,6 +40,46 @@ def f1_max(scores: ArrayLike, labels: ArrayLike) -> float:
     return f1max_from(sweep(*_scores_labels(scores, labels)))
 
 
+def operating_points(scores: ArrayLike, labels: ArrayLike, max_fpr: float) -> dict[str, dict[str, float] | None]:
+    """Thresholds chosen on labelled image scores (``score >= threshold`` flags an image).
+
+    Args:
+        scores: ``[N]`` image scores.
+        labels: ``[N]`` 0 normal / 1 anomalous; both classes needed.
+        max_fpr: the false-alarm rate a line accepts.
+
+    Returns:
+        ``{"at_fpr": ..., "f1_max": ...}``, each ``{"threshold", "recall", "false_positive_rate",
+        "f1", "false_alarms", "misses"}`` or ``None``. ``at_fpr``: the lowest threshold whose
+        false-alarm rate on the normals is <= ``max_fpr`` (the most recall that rate allows;
+        ``None`` when none flags a defect). ``f1_max``: the threshold of the best F1 (the
+        highest such on ties). Each threshold lies midway between the lowest flagged score and
+        the next lower score, so that a value rounded to a few digits decides alike.
+
+    Raises:
+        ValueError: a class is missing, or ``max_fpr`` is not in ``[0, 1]``.
+    """
+    s, y = _scores_labels(scores, labels)
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    st = sweep(s, y)
+    if st.n_pos == 0 or st.n_neg == 0:
+        raise ValueError("operating_points needs normal and anomalous labelled scores")
+    tp, fp = st.tp_at().astype(np.float64), st.fp_at().astype(np.float64)
+    f1 = 2 * tp / (tp + fp + st.n_pos)
+
+    def point(j: int) -> dict[str, float]:
+        u = float(st.u[j])
+        below = s[s < u]
+        t = (u + float(below.max())) / 2 if below.size else u
+        return {"threshold": t, "recall": float(tp[j] / st.n_pos), "false_positive_rate": float(fp[j] / st.n_neg),
+                "f1": float(f1[j]), "false_alarms": int(fp[j]), "misses": int(st.n_pos - tp[j])}
+
+    ok = np.nonzero(fp <= np.floor(max_fpr * st.n_neg + 1e-9))[0]
+    best = int(np.flatnonzero(f1 == f1.max())[-1])
+    return {"at_fpr": point(int(ok[0])) if ok.size else None, "f1_max": point(best)}
+
+
 def image_metrics(scores: ArrayLike, labels: ArrayLike) -> dict[str, float]:
     """Image-level metrics.
 
@@ -87,5 +127,6 @@ __all__ = [
     "average_precision",
     "f1_max",
     "image_metrics",
+    "operating_points",
     "pixel_metrics",
 ]

@@ -283,7 +283,7 @@ class OutputFolder:
                 w = csv.writer(fh)
                 w.writerow(["path", "reason"])
                 w.writerows([str(p), r] for p, r in errors)
-        metrics = label_metrics(images, thr)
+        metrics = label_metrics(images, thr, settings.get("target_fpr"))
         scale = colour_scale(calibration, map_range if images else (0.0, 0.0))
         flagged = sorted((im for im in images if decision(im.score, thr) == "anomalous"), key=lambda im: -im.score)
         described = method.describe()

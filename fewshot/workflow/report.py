@@ -143,7 +143,9 @@ class ReportWriter:
                         for n, sc, ev in items) + "</p>")
         w(f'<h2>Threshold</h2><p class="note">{escape(threshold_note)}</p>')
         if metrics:
-            w("<h2>Metrics over the scored images with known labels</h2>" + confusion_table(metrics) + table(metrics))
+            advice = "".join(f"<p class='note'>{escape(x)}</p>" for x in labels_advice(metrics.get("from_labels")))
+            w("<h2>Metrics over the scored images with known labels</h2>" + confusion_table(metrics) + advice
+              + table({k: v for k, v in metrics.items() if k != "from_labels"}))
         w("<h2>Score histogram</h2>" + histogram)
         if errors:
             w(f"<h2>Targets not scored ({len(errors)})</h2><table><tr><th>path</th><th>reason</th></tr>")
@@ -194,6 +196,28 @@ class ReportWriter:
         """Drop the unfinished page (``path`` is left as it was)."""
         self._fh.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def labels_advice(from_labels: dict[str, Any] | None) -> list[str]:
+    """Sentences on the thresholds the labelled targets support (``label_metrics``' ``from_labels``),
+    for the console and the report; empty without them."""
+    if not from_labels:
+        return []
+    target, n0 = from_labels["target_fpr"], from_labels["n_normal"]
+    at, best = from_labels.get("at_fpr"), from_labels.get("f1_max")
+    if at:
+        lines = [f"from these labels: --threshold {at['threshold']:.6g} flags {at['recall']:.0%} of the defects at "
+                 f"{at['false_positive_rate']:.1%} false alarms ({at['false_alarms']} of {n0} normal images; "
+                 f"target {target:g})"]
+    else:
+        lines = [f"from these labels: no threshold at or below {target:g} false alarms flags a defect"]
+    if best:
+        lines.append(f"best F1 ({best['f1']:.3f}) at --threshold {best['threshold']:.6g}: {best['recall']:.0%} of the "
+                     f"defects at {best['false_positive_rate']:.1%} false alarms")
+    lines.append("both are chosen on these images: expect somewhat more misses and false alarms on new parts")
+    if from_labels.get("note"):
+        lines.append(str(from_labels["note"]))
+    return lines
 
 
 def confusion_table(m: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ Files are written by ``outputs.py`` (the output folder contract) and orchestrate
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -157,8 +158,28 @@ def _thumb_or_empty(method: AnomalyMethod, path: Path) -> str:
         return ""
 
 
-def label_metrics(images: Sequence[ScoredImage], threshold: float | None) -> dict[str, Any] | None:
-    """AUROC / AP over labelled images (both classes needed) and the confusion at the threshold."""
+def labelled_thresholds(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> dict[str, Any]:
+    """``label_metrics``' ``from_labels``: ``operating_points`` at ``target_fpr`` with the counts behind it."""
+    from fsiad.fewshot.metrics import operating_points
+
+    n_normal = int((labels == 0).sum())
+    out: dict[str, Any] = {"target_fpr": target_fpr, "n_normal": n_normal, "n_anomalous": int(labels.sum()),
+                           **operating_points(scores, labels, target_fpr)}
+    if n_normal * target_fpr < 1:
+        out["note"] = (f"{n_normal} labelled normal image(s) cannot show a false-alarm rate as small as "
+                       f"{target_fpr:g} (one false alarm is {1 / n_normal:.2g}); label at least "
+                       f"{math.ceil(1 / target_fpr)} normal parts")
+    return out
+
+
+def label_metrics(images: Sequence[ScoredImage], threshold: float | None,
+                  target_fpr: float | None = None) -> dict[str, Any] | None:
+    """AUROC / AP over labelled images (both classes needed), the confusion at the threshold and,
+    the thresholds these labels support (``from_labels``: the lowest one at or below
+    ``target_fpr`` false alarms (``None``: the default target), and the F1-max one;
+    ``metrics.operating_points``).
+    They are chosen on the same images, so their rates are optimistic for new parts; fewer than
+    ``1 / target_fpr`` labelled normals cannot show a rate that small (``from_labels.note``)."""
     lab = [(im.score, im.label) for im in images if im.label is not None]
     if not lab:
         return None
@@ -170,6 +191,7 @@ def label_metrics(images: Sequence[ScoredImage], threshold: float | None) -> dic
 
         m = image_metrics(scores, labels)
         out.update({"image_auroc": m["image_auroc"], "image_ap": m["image_ap"]})
+        out["from_labels"] = labelled_thresholds(scores, labels, target_fpr or DEFAULT_TARGET_FPR)
     else:
         out["note"] = "AUROC / AP need both normal and anomalous labelled images"
     if threshold is not None:

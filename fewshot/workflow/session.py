@@ -470,7 +470,7 @@ class FittedModel:
                             maps.get(im.name), image_term=im.image_term,
                             evidence=evidence(im.score, im.image_term, thr))
                  for im in done]
-        return Results(preds, errors, self.calibration, label_metrics(done, thr), len(reused),
+        return Results(preds, errors, self.calibration, label_metrics(done, thr, self.info.get("target_fpr")), len(reused),
                        folder.path if folder is not None else None, record, round(time.perf_counter() - t_start, 3))
 
 
