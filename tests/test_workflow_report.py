@@ -130,3 +130,20 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path):
     m = re.search(r"IMGCHECK total=(\d+) broken=(\d+)", proc.stdout)
     assert m, f"no check result from chromium (rc={proc.returncode}): {proc.stderr[-500:]}"
     assert int(m.group(1)) == 8 + 3 and int(m.group(2)) == 0
+
+
+def test_labels_advice_names_the_thresholds_and_their_rates():
+    from fsiad.fewshot.metrics import operating_points
+    from fsiad.fewshot.workflow.report import labels_advice
+
+    s = np.array([0.1, 0.2, 0.3, 0.9, 0.25, 0.5, 0.8, 1.0])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])  # one normal (0.9) above three defects
+    pts = operating_points(s, y, 0.25)
+    lines = labels_advice({"target_fpr": 0.25, "n_normal": 4, **pts})
+    assert lines[0] == "from these labels: --threshold 0.4 flags 75% of the defects at 25.0% false alarms " \
+                       "(1 of 4 normal images; target 0.25)"
+    assert lines[1] == "best F1 (0.800) at --threshold 0.225: 100% of the defects at 50.0% false alarms"
+    assert labels_advice(None) == []
+    strict = labels_advice({"target_fpr": 0.0, "n_normal": 4, **operating_points(s, y, 0.0)})
+    assert strict[0] == "from these labels: --threshold 0.95 flags 25% of the defects at 0.0% false alarms " \
+                           "(0 of 4 normal images; target 0)"

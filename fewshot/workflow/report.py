@@ -211,7 +211,9 @@ def labels_advice(from_labels: dict[str, Any] | None) -> list[str]:
                  f"target {target:g})"]
     else:
         lines = [f"from these labels: no threshold at or below {target:g} false alarms flags a defect"]
-    if best:
+    if best and at and best["threshold"] == at["threshold"]:
+        lines[0] += f"; also the best F1 ({best['f1']:.3f})"
+    elif best:
         lines.append(f"best F1 ({best['f1']:.3f}) at --threshold {best['threshold']:.6g}: {best['recall']:.0%} of the "
                      f"defects at {best['false_positive_rate']:.1%} false alarms")
     lines.append("both are chosen on these images: expect somewhat more misses and false alarms on new parts")
