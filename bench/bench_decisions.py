@@ -14,6 +14,13 @@ Two oracle columns say what ANY threshold on the same scores could reach (labels
 meets the bound) and ``min FPR for 0.9 F1-max`` (the fewest false alarms at which F1 reaches
 0.9 x F1-max). When the first is below 0.9, no threshold rule can meet both goals on that run.
 ``--reuse`` re-reads the outputs of an earlier run of this script instead of scoring again.
+
+``--labelled F`` (with ``--reuse``) asks what labelling helps: in each of 50 seeded splits a
+stratified share F of the run's labelled images stands in for the parts a user labels, the
+threshold those labels support at the run's target (``metrics.from_labels.at_fpr``, computed by
+``fsiad.fewshot.metrics.operating_points``) is applied to the other images, and the medians of
+their recall, false-alarm rate and F1 / F1-max are printed with the share of splits meeting both
+goals.
 """
 
 from __future__ import annotations
@@ -102,13 +109,52 @@ def measure(name: str, seed: int, reuse: bool = False, shots: int = 4) -> dict:
             "command": " ".join(command(name, seed, Path(f"runs/{out.name}"), shots)).replace(str(ROOT) + "/", "")}
 
 
+def labelled_split(name: str, seed: int, share: float, shots: int = 4, splits: int = 50) -> dict:
+    """Held-out decisions of the threshold chosen on a stratified ``share`` of a run's labelled images."""
+    from fsiad.fewshot.metrics import operating_points
+
+    out = OUT / (f"{name}{seed}" if shots == 4 else f"{name}{seed}_shots{shots}")
+    rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["label"] in ("0", "1")]
+    s = np.array([float(r["score"]) for r in rows])
+    y = np.array([int(r["label"]) for r in rows])
+    target = float(json.loads((out / "run.json").read_text())["threshold"].get("target_fpr") or 0.05)
+    rng = np.random.default_rng(0)
+    got = []
+    for _ in range(splits):
+        chosen = np.zeros(len(s), bool)
+        for c in (0, 1):
+            idx = np.flatnonzero(y == c)
+            chosen[rng.choice(idx, max(2, round(share * len(idx))), replace=False)] = True
+        at = operating_points(s[chosen], y[chosen], target)["at_fpr"]
+        rest_s, rest_y = s[~chosen], y[~chosen]
+        flag = rest_s >= (at["threshold"] if at else np.inf)
+        tp, fp = int((flag & (rest_y == 1)).sum()), int((flag & (rest_y == 0)).sum())
+        f1 = 2 * tp / max(tp + fp + int(rest_y.sum()), 1)
+        got.append((tp / rest_y.sum(), fp / (rest_y == 0).sum(), f1 / f1_max(rest_s, rest_y)))
+    g = np.array(got)
+    return {"set": name, "seed": seed, "share": share, "n_normal_labelled": round(share * int((y == 0).sum())),
+            "recall": float(np.median(g[:, 0])), "fpr": float(np.median(g[:, 1])),
+            "fpr_p90": float(np.quantile(g[:, 1], 0.9)), "f1_ratio": float(np.median(g[:, 2])),
+            "goals_met": float(((g[:, 2] >= 0.9) & (g[:, 1] <= 2 * target)).mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=["demo", "magnetic_tile", "object"])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--shots", type=int, default=4, help="references per run (outputs of shots != 4 go to <set><seed>_shots<K>)")
     ap.add_argument("--reuse", action="store_true", help="re-read existing outputs instead of scoring again")
+    ap.add_argument("--labelled", type=float, default=None, metavar="F",
+                    help="with --reuse: held-out decisions of the threshold chosen on a share F of the labelled images")
     args = ap.parse_args()
+    if args.labelled is not None:
+        for name in args.sets:
+            for seed in (int(x) for x in args.seeds.split(",")):
+                r = labelled_split(name, seed, args.labelled, args.shots)
+                print(f"{name:14s} {seed:4d}  labels on {r['share']:.0%} ({r['n_normal_labelled']} normals): held-out "
+                      f"recall {r['recall']:.2f}  FPR {r['fpr']:.3f} (p90 {r['fpr_p90']:.3f})  F1/F1max "
+                      f"{r['f1_ratio']:.2f}  goals met in {r['goals_met']:.0%} of splits", flush=True)
+        return
     if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture", "elongated", "screw")):
         from bench.bench_selfconfig import make_data
 
