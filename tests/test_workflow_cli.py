@@ -219,6 +219,7 @@ def test_labels_suggest_a_threshold_that_decides_as_reported(tree, tmp_path):
     assert printed and "chosen on these images" in r.output
     html = (tmp_path / "a" / "report.html").read_text()
     assert "from these labels: --threshold" in html and "label at least 5 normal parts" in html
+    assert f"from labels {at['threshold']:.4g}</text>" in html  # drawn on the histogram
     r = invoke("score", *common, "--threshold", printed.group(1), "--out", tmp_path / "b", tree["targets"])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "b" / "run.json").read_text())["metrics"]

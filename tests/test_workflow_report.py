@@ -74,6 +74,9 @@ def test_histogram_svg_threshold_and_groups():
     svg = histogram_svg([0.1, 0.2, 0.9], [0, 0, 1], threshold=0.5)
     assert svg.startswith("<svg") and "threshold 0.5" in svg and "normal (2)" in svg and "anomalous (1)" in svg
     assert "unlabelled" not in svg and "threshold" not in histogram_svg([1.0, 1.0])
+    both = histogram_svg([0.1, 0.2, 0.9], [0, 0, 1], threshold=0.5, from_labels=1.5)
+    assert "threshold 0.5" in both and "from labels 1.5" in both and "from labels" not in svg
+    assert both.count("<line") == svg.count("<line") + 1  # one more line, the axis stretched to reach 1.5
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,7 @@ def test_report_renders_in_headless_chromium(report_run, tmp_path):
 
 def test_labels_advice_names_the_thresholds_and_their_rates():
     from fsiad.fewshot.metrics import operating_points
-    from fsiad.fewshot.workflow.report import labels_advice
+    from fsiad.fewshot.workflow.report import labels_advice, labels_threshold
 
     s = np.array([0.1, 0.2, 0.3, 0.9, 0.25, 0.5, 0.8, 1.0])
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])  # one normal (0.9) above three defects
@@ -143,7 +146,8 @@ def test_labels_advice_names_the_thresholds_and_their_rates():
     assert lines[0] == "from these labels: --threshold 0.4 flags 75% of the defects at 25.0% false alarms " \
                        "(1 of 4 normal images; target 0.25)"
     assert lines[1] == "best F1 (0.800) at --threshold 0.225: 100% of the defects at 50.0% false alarms"
-    assert labels_advice(None) == []
+    assert labels_advice(None) == [] and labels_threshold(None) is None
+    assert labels_threshold({"from_labels": {"target_fpr": 0.25, "n_normal": 4, **pts}}) == pytest.approx(0.4)
     strict = labels_advice({"target_fpr": 0.0, "n_normal": 4, **operating_points(s, y, 0.0)})
     assert strict[0] == "from these labels: --threshold 0.95 flags 25% of the defects at 0.0% false alarms " \
                            "(0 of 4 normal images; target 0)"

@@ -67,7 +67,7 @@ from fsiad.fewshot.fileio import (
 )
 from fsiad.fewshot.methods.base import AnomalyMethod
 from fsiad.fewshot.workflow import render
-from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg
+from fsiad.fewshot.workflow.report import ReportWriter, histogram_svg, labels_threshold
 from fsiad.fewshot.workflow.runner import READ_ERRORS, ScoredImage, decision, display_image, label_metrics
 from fsiad.fewshot.workflow.scores_file import SCORE_FIELDS, evidence, read_score_rows
 from fsiad.fewshot.workflow.thresholds import Calibration
@@ -352,7 +352,8 @@ class OutputFolder:
         report = ReportWriter(self.path / "report.html")
         try:
             report.header(title, summary, calibration.description, metrics,
-                          histogram_svg([im.score for im in images], [im.label for im in images], thr),
+                          histogram_svg([im.score for im in images], [im.label for im in images], thr,
+                                        from_labels=labels_threshold(metrics)),
                           settings, refs, [(str(p), r) for p, r in errors], len(images),
                           warnings=calibration.warnings(), colour_bar=render.colour_bar_svg(scale),
                           flagged=[(im.name, im.score, evidence(im.score, im.image_term, thr)) for im in images

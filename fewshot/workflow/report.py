@@ -48,21 +48,24 @@ def table(rows: dict[str, Any]) -> str:
 
 
 def histogram_svg(scores: Sequence[float], labels: Sequence[int | None] | None = None,
-                  threshold: float | None = None, bins: int = 30, width: int = 640, height: int = 220) -> str:
+                  threshold: float | None = None, bins: int = 30, width: int = 640, height: int = 220,
+                  from_labels: float | None = None) -> str:
     """Inline SVG histogram of image scores, stacked by label, with the threshold as a red line.
 
     Args:
         scores: ``[N]`` image scores.
         labels: ``[N]`` 0 / 1 / ``None`` (unknown), or ``None`` for all unknown.
         threshold: drawn when given.
+        from_labels: the threshold the labels support (``labels_advice``), drawn in green when given.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         return "<p>(no scores)</p>"
     lab = list(labels) if labels is not None else [None] * s.size
     lo, hi = float(s.min()), float(s.max())
-    if threshold is not None:
-        lo, hi = min(lo, threshold), max(hi, threshold)
+    for t in (threshold, from_labels):
+        if t is not None:
+            lo, hi = min(lo, t), max(hi, t)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
@@ -97,11 +100,15 @@ def histogram_svg(scores: Sequence[float], labels: Sequence[int | None] | None =
             parts.append(f'<rect x="{legend_x}" y="4" width="10" height="10" fill="{colour}"/>'
                          f'<text x="{legend_x + 14}" y="13">{name} ({int(counts[g].sum())})</text>')
             legend_x += 24 + 7 * len(name) + 30
-    if threshold is not None:
-        x = ml + (threshold - lo) / (hi - lo) * pw
-        parts.append(f'<line x1="{x:.1f}" y1="{mt - 6}" x2="{x:.1f}" y2="{mt + ph}" stroke="#d00" '
-                     f'stroke-width="2" stroke-dasharray="5,3"/>'
-                     f'<text x="{x + 3:.1f}" y="{mt + 6}" fill="#d00">threshold {threshold:.4g}</text>')
+    for t, colour, name, dy in ((threshold, "#d00", "threshold", 6), (from_labels, "#080", "from labels", 18)):
+        if t is not None:
+            x = ml + (t - lo) / (hi - lo) * pw
+            left = t is from_labels and threshold is not None and t < threshold  # label away from the red line
+            anchor = ' text-anchor="end"' if left else ""
+            parts.append(f'<line x1="{x:.1f}" y1="{mt - 6}" x2="{x:.1f}" y2="{mt + ph}" stroke="{colour}" '
+                         f'stroke-width="2" stroke-dasharray="5,3"/>'
+                         f'<text x="{x - 3 if left else x + 3:.1f}" y="{mt + dy}" fill="{colour}"{anchor}>'
+                         f'{name} {t:.4g}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -196,6 +203,12 @@ class ReportWriter:
         """Drop the unfinished page (``path`` is left as it was)."""
         self._fh.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def labels_threshold(metrics: dict[str, Any] | None) -> float | None:
+    """The threshold the labels support at the target (``from_labels.at_fpr``), or ``None``."""
+    at = ((metrics or {}).get("from_labels") or {}).get("at_fpr")
+    return float(at["threshold"]) if at else None
 
 
 def labels_advice(from_labels: dict[str, Any] | None) -> list[str]:
