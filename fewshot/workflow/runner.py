@@ -168,13 +168,13 @@ def labelled_thresholds(scores: np.ndarray, labels: np.ndarray, target_fpr: floa
     if n_normal * target_fpr < 1:
         out["note"] = (f"{n_normal} labelled normal image(s) cannot show a false-alarm rate as small as "
                        f"{target_fpr:g} (one false alarm is {1 / n_normal:.2g}); label at least "
-                       f"{math.ceil(1 / target_fpr)} normal parts")
+                       f"{math.ceil(1 / target_fpr - 1e-9)} normal parts")
     return out
 
 
 def label_metrics(images: Sequence[ScoredImage], threshold: float | None,
                   target_fpr: float | None = None) -> dict[str, Any] | None:
-    """AUROC / AP over labelled images (both classes needed), the confusion at the threshold and,
+    """AUROC / AP over labelled images (both classes needed), the confusion at the threshold and
     the thresholds these labels support (``from_labels``: the lowest one at or below
     ``target_fpr`` false alarms (``None``: the default target), and the F1-max one;
     ``metrics.operating_points``).
