@@ -225,3 +225,20 @@ def test_labels_suggest_a_threshold_that_decides_as_reported(tree, tmp_path):
     m = json.loads((tmp_path / "b" / "run.json").read_text())["metrics"]
     assert (m["false_positives"], m["false_negatives"]) == (at["false_alarms"], at["misses"])
     assert m["from_labels"]["target_fpr"] == 0.2  # the run's target, also with a user threshold
+
+
+def test_predict_gives_the_same_labelled_threshold_as_score(tree, tmp_path):
+    """README's sequence: fit, predict a labelled batch (its threshold from labels), predict with it."""
+    common = ["--method", "wf_pixdiff", "--shots", 4, "--seed", 1, "--normal", tree["normal"], "--target-fpr", 0.25]
+    assert invoke("score", *common, "--labels", tree["labels"], "--out", tmp_path / "s", "-q", tree["targets"]).exit_code == 0
+    assert invoke("fit", *common, "--out", tmp_path / "m").exit_code == 0
+    r = invoke("predict", "--model", tmp_path / "m", "--labels", tree["labels"], "--out", tmp_path / "v", "-q",
+               tree["targets"])
+    assert r.exit_code == 0, r.output
+    got = [json.loads((tmp_path / d / "run.json").read_text())["metrics"]["from_labels"] for d in ("s", "v")]
+    assert got[0] == got[1] and got[1]["target_fpr"] == 0.25  # the model keeps the target it was fitted with
+    t = re.search(r"from these labels: --threshold (\S+)", r.output).group(1)
+    r = invoke("predict", "--model", tmp_path / "m", "--threshold", t, "--out", tmp_path / "p", "-q", tree["targets"])
+    assert r.exit_code == 0, r.output
+    flagged = {row["name"] for row in read_scores(tmp_path / "p") if row["decision"] == "anomalous"}
+    assert len(flagged) == 4 - got[1]["at_fpr"]["misses"] + got[1]["at_fpr"]["false_alarms"]
