@@ -155,7 +155,7 @@ def main() -> None:
                       f"recall {r['recall']:.2f}  FPR {r['fpr']:.3f} (p90 {r['fpr_p90']:.3f})  F1/F1max "
                       f"{r['f1_ratio']:.2f}  goals met in {r['goals_met']:.0%} of splits", flush=True)
         return
-    if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture", "elongated", "screw")):
+    if any(not (SYNTH / n).exists() for n in args.sets if n in ("object", "wide", "texture", "elongated", "screw", "board")):
         from bench.bench_selfconfig import make_data
 
         make_data()

@@ -44,6 +44,7 @@ SETS = {
     "object": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "object"],
     "elongated": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "elongated"],
     "screw": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "screw"],
+    "board": ["--dataset", "mvtec", "--root", str(DATA), "--categories", "board"],
 }
 BASELINES = {
     "default": [],
@@ -67,6 +68,8 @@ def make_data() -> None:
         make_mvtec_dataset(DATA, ["elongated"], image_size=240, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
     if not (DATA / "screw").exists():  # the same pin at any angle in a 256 x 256 image (bench_decisions)
         make_mvtec_dataset(DATA, ["screw"], image_size=256, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
+    if not (DATA / "board").exists():  # a coloured board; a pad's hue changes at equal luminance (bench_decisions)
+        make_mvtec_dataset(DATA, ["board"], image_size=256, n_train=8, n_test_good=60, n_test_defect=60, seed=3)
 
 
 def eval_command(name: str, opts: list[str], seeds: str, out: Path) -> list[str]:

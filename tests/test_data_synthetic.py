@@ -13,7 +13,8 @@ from fsiad.fewshot.metrics import image_metrics, pixel_metrics
 
 
 @pytest.mark.parametrize(("kind", "side", "area"), [("texture", 64, (0.005, 0.15)), ("object", 64, (0.005, 0.15)),
-                                                    ("elongated", 64, (0.001, 0.005)), ("screw", 160, (1e-4, 2e-3))])
+                                                    ("elongated", 64, (0.001, 0.005)), ("screw", 160, (1e-4, 2e-3)),
+                                                    ("board", 128, (0.003, 0.006))])
 def test_masks_are_exactly_the_changed_pixels(kind: str, side: int, area: tuple[float, float]) -> None:
     for defect in DEFECTS[kind]:
         for seed in range(3):

@@ -1,6 +1,6 @@
 """Small synthetic datasets with exact masks, for tests and demos (no network, < 1 s).
 
-Five kinds of category, chosen by the category name's prefix:
+Six kinds of category, chosen by the category name's prefix:
 
 - ``texture*``: a woven pattern (product of sinusoids, period ``S/16``) with per-image phase,
   colour, lighting and noise jitter. Defects: ``scratch`` (dark line, ~``S/40`` wide,
@@ -21,6 +21,10 @@ Five kinds of category, chosen by the category name's prefix:
 - ``screw*``: the same pin, 0.7 S long, at any angle (0-360°) and up to ±5 % off centre in a
   square image, with the same defects in the same proportions to the part (0.03-0.1 % of the
   image): rotation the references do not cover, as MVTec AD's screw.
+- ``board*``: a coloured part (a green circuit board with a 3 x 4 grid of gold pads and a white
+  print line, as VisA's pcb) on a dark background, with small pose (±2 %, ±3°) and lighting
+  jitter. Defects on one pad (0.3-0.6 % of the image): ``discolor`` (its hue turns pink at the
+  same luminance: a colour-only change) and ``missing`` (the pad gone, bare board).
 
 Each defect changes exactly the pixels of its mask (no anti-aliasing), masks are 0/255 PNG
 (VisA variant: class indices 1, 2). Everything is deterministic per ``seed``.
@@ -38,7 +42,7 @@ from PIL import Image
 
 DEFECTS = {"texture": ("scratch", "color"), "object": ("missing", "contamination"),
            "wide": ("spot", "scratch"), "elongated": ("notch", "scratch"),
-           "screw": ("notch", "scratch")}
+           "screw": ("notch", "scratch"), "board": ("discolor", "missing")}
 
 
 def _kind(name: str) -> str:
@@ -231,12 +235,39 @@ def _screw_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple
     return _pin(rng, s, s, defect, (0, 360), (0.05, 0.05), size)
 
 
+def _board_sample(rng: np.random.Generator, s: int, defect: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A green board with gold pads ``[S, S, 3]`` on a dark background; colour-only and missing-pad defects."""
+    y, x = _grid(s)
+    cy, cx = s / 2 + rng.uniform(-0.02, 0.02, 2) * s
+    rot = np.deg2rad(rng.uniform(-3, 3))
+    v = (y - cy) * np.cos(rot) - (x - cx) * np.sin(rot)  # board coordinates, rotated with the board
+    u = (y - cy) * np.sin(rot) + (x - cx) * np.cos(rot)
+    light = rng.uniform(0.93, 1.07) * (1 + 0.08 * (x / s - 0.5))
+    board = (np.abs(u) <= 0.4 * s) & (np.abs(v) <= 0.32 * s)
+    img = np.where(board[..., None], np.array([40, 120, 60], np.float32), np.array([25, 25, 28], np.float32))
+    img[board & (np.abs(v - 0.26 * s) <= 0.008 * s) & (np.abs(u) <= 0.3 * s)] = (230, 230, 225)  # print line
+    gold = np.array([210, 170, 60], np.float32)
+    pads = [(np.abs(u - (i - 1.5) * 0.18 * s) <= 0.035 * s) & (np.abs(v - (j - 1) * 0.16 * s) <= 0.03 * s)
+            for i in range(4) for j in range(3)]
+    for pad in pads:
+        img[pad] = gold
+    mask = np.zeros((s, s), bool)
+    which = int(rng.integers(len(pads)))  # drawn for normals too: a defect changes only its own pixels
+    if defect is not None:
+        mask = pads[which]
+        # pink of gold's luminance (0.299 R + 0.587 G + 0.114 B = 169): only the hue changes
+        img[mask] = (200, 150, 180) if defect == "discolor" else (40, 120, 60)
+    img = img * light[..., None] + rng.normal(0, 4, (s, s, 3))
+    return img, mask
+
+
 _SAMPLERS: dict[str, Callable[[np.random.Generator, int, str | None], tuple[np.ndarray, np.ndarray]]] = {
     "texture": _texture_sample,
     "object": _object_sample,
     "wide": _wide_sample,
     "elongated": _elongated_sample,
     "screw": _screw_sample,
+    "board": _board_sample,
 }
 
 
