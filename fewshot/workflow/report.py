@@ -100,17 +100,13 @@ def histogram_svg(scores: Sequence[float], labels: Sequence[int | None] | None =
             parts.append(f'<rect x="{legend_x}" y="4" width="10" height="10" fill="{colour}"/>'
                          f'<text x="{legend_x + 14}" y="13">{name} ({int(counts[g].sum())})</text>')
             legend_x += 24 + 7 * len(name) + 30
-    # the green label goes left of its line when that line lies left of the red one
-    green_left = from_labels is not None and threshold is not None and from_labels < threshold
-    for t, colour, name, dy, left in ((threshold, "#d00", "threshold", 6, False),
-                                      (from_labels, "#080", "from labels", 18, green_left)):
-        if t is not None:
+    for t, colour, name, dy in ((threshold, "#d00", "threshold", 6), (from_labels, "#080", "from labels", 18)):
+        if t is not None:  # labels on a white halo: readable where they cross the other line
             x = ml + (t - lo) / (hi - lo) * pw
-            anchor = ' text-anchor="end"' if left else ""
             parts.append(f'<line x1="{x:.1f}" y1="{mt - 6}" x2="{x:.1f}" y2="{mt + ph}" stroke="{colour}" '
                          f'stroke-width="2" stroke-dasharray="5,3"/>'
-                         f'<text x="{x - 3 if left else x + 3:.1f}" y="{mt + dy}" fill="{colour}"{anchor}>'
-                         f'{name} {t:.4g}</text>')
+                         f'<text x="{x + 3:.1f}" y="{mt + dy}" fill="{colour}" stroke="#fff" stroke-width="3" '
+                         f'paint-order="stroke">{name} {t:.4g}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
