@@ -72,8 +72,8 @@ def test_defaults_are_unchanged():
 
     assert knn.DEFAULTS == {"preset": "auto", "geometry": "native", "layers": None, "augment": "flips",
                             "top_fraction": 0.01, "sigma": 4.0, "metric": None, "k": 1, "r": 1,
-                            "min_defect_px": 8.0, "max_side": 448, "global_term": "auto", "align": "auto", "seed": 0,
-                            "budget": 32}
+                            "min_defect_px": 8.0, "max_side": 448, "global_term": "auto", "align": "auto",
+                            "position": "off", "seed": 0, "budget": 32}
     assert patchcore.DEFAULTS["coreset_ratio"] == 0.1 and patchcore.DEFAULTS["reweight_b"] == 9
     assert musc.DEFAULTS["r_list"] == (1, 3, 5) and musc.DEFAULTS["subset_size"] == 200
     assert winclip.DEFAULTS["scales"] == (2, 3) and winclip.DEFAULTS["multi_crop"] is True
@@ -106,7 +106,8 @@ def test_methods_knn_lists_options_with_types_and_defaults():
     assert rows["top_fraction"].split()[1:3] == ["float", "0.01"]
     assert rows["layers"].split()[1] == "list[int|str]" and "none" in rows["layers"]
     assert set(rows) == {"preset", "geometry", "layers", "augment", "top_fraction", "sigma", "metric", "k", "r",
-                         "min_defect_px", "max_side", "global_term", "align", "seed", "budget"}
+                         "min_defect_px", "max_side", "global_term", "align", "position", "seed", "budget"}
+    assert rows["position"].split()[1:3] == ["str", "off"] and "one of: off, on" in rows["position"]
     assert rows["align"].split()[1:3] == ["str", "auto"] and "one of: auto, on, off" in rows["align"]
     assert "  option  " in r.stdout and "default" in r.stdout and "help" in r.stdout
     r = run_cli("methods", "btf")

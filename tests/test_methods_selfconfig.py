@@ -445,3 +445,79 @@ def test_aligned_knn_without_flipped_views_points_the_part_one_way(monkeypatch):
     monkeypatch.setattr(knn_module, "directed", lambda pose: pose)
     u = _random_knn(augment="none", align="on", preset="mid").fit(refs).predict(turned).image_scores
     assert abs(float(s[0] - s[1])) < 0.25 * abs(float(u[0] - u[1])), (s.tolist(), u.tolist())
+
+
+def _boards(size=128, seed=3, n_train=4, n_good=3, n_defect=4):
+    from fsiad.fewshot.data.synthetic import render_category
+
+    parts = render_category("board", size, n_train, n_good, n_defect, seed)
+    return NativeBatch.from_arrays([i for i, _ in parts.pop("train")]), parts
+
+
+def test_position_grid_is_the_nearest_reference_patch_in_the_same_cell():
+    """``position=on``: each patch's distance is to the references' patches in its own grid cell
+    only (brute force over cells and references), for both metrics and k."""
+    torch.manual_seed(0)
+    feat, refs = torch.randn(5, 7, 12), torch.randn(3, 5, 7, 12)
+    for metric, k in (("cosine", 1), ("l2", 1), ("l2", 2)):
+        m = _random_knn(position="on", metric=metric, k=k)
+        got = m._grid(feat, refs.reshape(-1, 12))
+        want = torch.empty(5, 7)
+        for y in range(5):
+            for x in range(7):
+                if metric == "cosine":
+                    d = 1 - torch.nn.functional.cosine_similarity(refs[:, y, x], feat[y, x][None], dim=-1)
+                else:
+                    d = (refs[:, y, x] - feat[y, x]).norm(dim=-1)
+                want[y, x] = d.sort().values[:k].mean()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        anywhere = _random_knn(metric=metric, k=k)._grid(feat, refs.reshape(-1, 12))
+        assert (got >= anywhere - 1e-5).all() and (got > anywhere + 1e-3).any()  # fewer candidates, farther
+    with pytest.raises(ValueError, match="patch grid 4 x 7 differs"):
+        _random_knn(position="on")._grid(torch.randn(4, 7, 12), refs.reshape(-1, 12)[:-12])
+
+
+def test_position_aligns_boards_keeps_one_size_and_survives_save_load(tmp_path):
+    refs, parts = _boards()
+    m = _random_knn(position="on")
+    m.fit(refs)
+    rec = m.describe()["alignment"]
+    assert m.align_on and rec["mode"] == "position" and rec["turn"] and "turned to its axis" in rec["reason"]
+    h, w = m.position_shape
+    assert m.memories["mid"].shape[0] == 4 * (h // 14) * (w // 14)  # one grid per reference: no flipped views
+    imgs = [i for g in ("good", "missing") for i, _ in parts[g]]
+    wide = np.concatenate([imgs[0], imgs[0][:, :64]], axis=1)  # another size: moved onto the references' grid
+    a = m.predict_native(NativeBatch.from_arrays([*imgs, wide]))
+    assert [tuple(x.shape) for x in a[1]][-1] == (128, 192)  # the map at the image's own size
+    m.save(tmp_path / "m")
+    from fsiad.fewshot.methods.base import AnomalyMethod
+
+    b = AnomalyMethod.load(tmp_path / "m").predict_native(NativeBatch.from_arrays([*imgs, wide]))
+    torch.testing.assert_close(a[0], b[0])
+    assert AnomalyMethod.load(tmp_path / "m").describe()["alignment"] == rec
+    texture = NativeBatch.from_arrays([(_image(64, 64, seed=i) * 255).round().byte().permute(1, 2, 0).numpy()
+                                       for i in range(3)])
+    t = _random_knn(position="on").fit(texture)
+    assert not t.align_on and "compared as taken" in t.describe()["alignment"]["reason"]
+    with pytest.raises(ValueError, match="working sizes differ"):
+        _random_knn(position="on").fit(_refs(2, 56, 84).concat([_refs(2, 56, 84), _refs(1, 84, 56)]))
+
+
+@pytest.mark.needs_weights
+def test_real_dinov2_position_finds_a_missing_pad_that_anywhere_misses():
+    """A board with a missing pad: patches compared anywhere find bare board like it elsewhere;
+    compared in place (position=on) the missing pad scores above every normal board."""
+    require_weights("dinov2_vits14")
+    refs, parts = _boards(size=128, seed=3, n_good=4, n_defect=6)
+    missing = [i for i, _ in parts["missing"]]
+    goods = [i for i, _ in parts["good"]]
+    out = {}
+    for position in ("off", "on"):
+        m = create_method("knn", MethodConfig(image_size=112, options={"budget": 8, "position": position}))
+        m.fit(refs)
+        s = m.predict(NativeBatch.from_arrays([*missing, *goods])).image_scores
+        out[position] = (s[: len(missing)], s[len(missing):])
+    on_bad, on_good = out["on"]
+    assert float(on_bad.min()) > float(on_good.max())
+    off_bad, off_good = out["off"]
+    assert float((off_bad > off_good.max()).float().mean()) < 1.0  # anywhere misses some missing pads

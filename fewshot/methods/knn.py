@@ -9,6 +9,14 @@ resize onto the 14-px patch grid, larger for large images, see ``work_side``), a
 configuration is chosen per part from the K references alone: synthetic local and global
 defects on each held-out reference score the candidates (mid blocks, last block, their
 normalised combination) by leave-one-out; the best one is stored with the fitted state.
+
+``position=on`` (opt-in; not in AnomalyDINO): each patch is compared only with the references'
+patches in the same grid cell, after every image is moved onto its part's centroid and turned to
+its axis (``ops.align``; a part on a plain background, references of one size, no flipped views).
+A missing component then differs from the reference patch at its place, where the position-free
+kNN finds bare board like it elsewhere (synthetic board, missing pads: image AUROC 0.47-0.55 ->
+BENCHMARKS.md rows ``position on``). Offline on two seeds, comparing within 1-2 cells lost it
+again (0.48-0.80) and unaligned same-cell comparison failed on the pose jitter (0.61-0.62).
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from fsiad.fewshot.data.defects import LOCAL_KINDS
 from fsiad.fewshot.encoders.registry import encoder_from_config
 from fsiad.fewshot.methods.base import AnomalyMethod, MethodConfig, register_method
@@ -65,6 +75,10 @@ PRESETS = ("auto", "mid", "last", "mid+last")
 GEOMETRIES = ("native", "square")
 GLOBAL_TERMS = ("auto", "on", "off")
 ALIGNS = ("auto", "on", "off")
+POSITIONS = ("off", "on")
+#: ``position=on`` turns the images to the part's axis only when every reference's part has one
+#: (second moments at least this far apart); rounder parts are only moved onto their centroid
+POSITION_MIN_ELONGATION = 1.1
 #: ``align=auto`` rotates only when two references' axes differ by more than this (degrees):
 #: a line that holds its parts to a few degrees keeps the unrotated images
 ALIGN_SPREAD_DEG = 15.0
@@ -91,6 +105,10 @@ OPTIONS = (
            "along the longer side (parts at any angle on a plain background, e.g. screws): auto = when the "
            "references show an elongated part on a plain background at angles more than 15 degrees apart; "
            "on; off", choices=ALIGNS),
+    Option("position", "str", "off", "on = compare each patch only with the references' patches at the same place, "
+           "every image first aligned onto its part's centroid and axis (a part on a plain background): parts with "
+           "a fixed layout where a component can be missing or misplaced (boards); needs references of one size; "
+           "off = anywhere in the references", choices=POSITIONS),
     Option("seed", "int", 0, "seed of the synthetic defects of preset=auto"),
     Option("budget", "int", 32, "preset=auto: synthetic defect images (half local, half global)", ge=2),
 )
@@ -136,6 +154,25 @@ def alignment_decision(mode: str, angles: list[float], usable: list[bool]) -> tu
                       "reason": (f"the references show an elongated part at angles up to {spread:.0f} degrees "
                                  "apart: every image is rotated to the part's principal axis")}
     return False, {**record, "active": False, "reason": reason}
+
+
+def position_decision(poses: list[Pose]) -> tuple[bool, dict[str, Any]]:
+    """``(align, record)`` for ``position=on``: every image is aligned when each reference shows
+    a part on a plain background (``Pose.placed``), turned too when each part has an axis; else
+    the images are compared as they are."""
+    active = bool(poses) and all(p.placed for p in poses)
+    return active, position_record(active, active and all(p.elongation >= POSITION_MIN_ELONGATION for p in poses))
+
+
+def position_record(active: bool, turn: bool) -> dict[str, Any]:
+    """The alignment record of ``position=on`` (``describe()["alignment"]``)."""
+    if not active:
+        reason = "position=on: the part fills the frame or lies on no plain background: images compared as taken"
+    elif turn:
+        reason = "position=on: every image is moved onto its part's centroid and turned to its axis"
+    else:
+        reason = "position=on: every image is moved onto its part's centroid (the part shows no clear axis)"
+    return {"mode": "position", "active": active, "turn": turn, "reason": reason}
 
 
 def augment_one(image: torch.Tensor, mode: str) -> list[torch.Tensor]:
@@ -272,6 +309,9 @@ class PatchKNN(AnomalyMethod):
             if self.preset in ("last", "mid+last") and "last" not in self.members:
                 raise ValueError(f"knn: preset={self.preset} needs a ViT encoder with blocks")
         self.native = self.opts["geometry"] == "native"
+        #: compare each patch with the references' patches at the same grid cell (``position``)
+        self.position = self.opts["position"] == "on"
+        self.position_shape: tuple[int, int] | None = None
         if self.opts["align"] == "on" and not self.native:
             raise ValueError("knn: align=on needs geometry=native (the square path keeps the former default exactly)")
         #: rotate every image to its part's principal axis (``align``; decided in ``fit`` for auto)
@@ -410,7 +450,7 @@ class PatchKNN(AnomalyMethod):
     def _working(self, items: list[tuple[torch.Tensor, tuple[int, int]]]) -> list[torch.Tensor]:
         out = []
         for img, size in items:
-            shape = self.work_shape(size)
+            shape = self.position_shape if self.position and self.position_shape else self.work_shape(size)
             if not self.native and tuple(img.shape[1:]) != shape:
                 raise ValueError(f"knn (geometry=square): images must be [N, 3, {shape[0]}, {shape[1]}], "
                                  f"got {tuple(img.shape)}")
@@ -428,13 +468,20 @@ class PatchKNN(AnomalyMethod):
         """The part's pose; pointing one way (``directed``) when the references' views do not
         include the half turn (``augment=none``), since flips cover it otherwise."""
         pose = principal_pose(image)
-        return directed(pose) if self.opts["augment"] == "none" else pose
+        return directed(pose) if self.opts["augment"] == "none" and not self.position else pose
+
+    def _frame_pose(self, pose: Pose, image: torch.Tensor) -> Pose:
+        """The pose ``align`` uses: ``position=on`` without a clear axis moves the part only."""
+        if self.position and not (self.align_info or {}).get("turn", False):
+            h, w = image.shape[1:]
+            return replace(pose, angle=0.0 if w >= h else math.pi / 2)
+        return pose
 
     def _aligned(self, work: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Pose | None]]:
         """Working images rotated to their part's axis when alignment is active, and their poses."""
         if not self.align_on:
             return work, [None] * len(work)
-        poses = [self._pose(x) for x in work]
+        poses = [self._frame_pose(self._pose(x), x) for x in work]
         return [align(x, p) for x, p in zip(work, poses, strict=True)], poses
 
     # -- features -----------------------------------------------------------------------
@@ -462,6 +509,15 @@ class PatchKNN(AnomalyMethod):
 
     def _grid(self, feat: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         h, w, c = feat.shape
+        if self.position:  # the memory holds whole grids of the same shape: compare cell by cell
+            if memory.numel() % (h * w * c):
+                raise ValueError(f"knn (position=on): an image's patch grid {h} x {w} differs from the references'")
+            ref = memory.reshape(-1, h, w, c)
+            if self.metric == "cosine":
+                d = 1 - torch.einsum("hwc,khwc->khw", F.normalize(feat, dim=-1), F.normalize(ref, dim=-1))
+            else:
+                d = (ref - feat).pow(2).sum(-1).sqrt()
+            return d.topk(min(int(self.opts["k"]), d.shape[0]), dim=0, largest=False).values.mean(0)
         d, _ = knn_search(feat.reshape(-1, c), memory, k=int(self.opts["k"]), metric=self.metric)
         return d.mean(1).reshape(h, w)
 
@@ -485,19 +541,29 @@ class PatchKNN(AnomalyMethod):
             raise ValueError("knn: needs at least one normal reference image (use --shots K >= 1)")
         frozen = self._frozen
         self.work_side = frozen["work_side"] if frozen else self.choose_work_side([s for _, s in items])
+        if not frozen:
+            self.position_shape = None
         refs = self._working(items)
         mode = self.opts["align"]
-        self._align_poses = [self._pose(x) for x in refs] if self.native and mode != "off" else []
+        if self.position:
+            shapes = sorted({tuple(x.shape[1:]) for x in refs})
+            if len(shapes) > 1:
+                raise ValueError(f"knn -o position=on: the references' working sizes differ ({shapes}); position "
+                                 "compares images cell by cell: give references of one size")
+            self.position_shape = shapes[0]
+        self._align_poses = [self._pose(x) for x in refs] if (self.native and mode != "off") or self.position else []
         if frozen:
             self.align_on, self.align_info = frozen["align"]
+        elif self.position:
+            self.align_on, self.align_info = position_decision(self._align_poses)
         elif self._align_poses:
             self.align_on, self.align_info = alignment_decision(
                 mode, [p.angle for p in self._align_poses], [p.usable for p in self._align_poses])
         else:
             self.align_on, self.align_info = False, None
         if self.align_on:
-            refs = [align(x, p) for x, p in zip(refs, self._align_poses, strict=True)]
-        mode = self.opts["augment"]
+            refs = [align(x, self._frame_pose(p, x)) for x, p in zip(refs, self._align_poses, strict=True)]
+        mode = "none" if self.position else self.opts["augment"]  # a flipped view is another layout
         views = [augment_one(x, mode) for x in refs]
         flat = [v for vs in views for v in vs]
         if frozen:
@@ -744,7 +810,10 @@ class PatchKNN(AnomalyMethod):
         state["weights"] = torch.tensor([self.weights.get(n, 0.0) for n in names], dtype=torch.float32)
         state["norm"] = torch.tensor([self.norm.get(n, (0.0, 1.0)) for n in names], dtype=torch.float64)
         state["work_side"] = torch.tensor(self.work_side)
-        if self.align_info is not None:  # the references' axes and usability: the record is rebuilt on load
+        if self.position and self.position_shape:
+            state["position.shape"] = torch.tensor(self.position_shape)
+            state["position.align"] = torch.tensor([float(self.align_on), float((self.align_info or {}).get("turn", 0))])
+        elif self.align_info is not None:  # the references' axes and usability: the record is rebuilt on load
             state["align.poses"] = torch.tensor([[p.angle, float(p.usable)] for p in self._align_poses],
                                                 dtype=torch.float64).reshape(-1, 2)
         if self.global_memory is not None and self.global_norm is not None:
@@ -775,7 +844,11 @@ class PatchKNN(AnomalyMethod):
         if "work_side" in state:
             self.work_side = int(state["work_side"])
         self.align_on, self.align_info = False, None  # models saved before alignment: none
-        if "align.poses" in state:
+        if "position.shape" in state:
+            self.position_shape = tuple(int(v) for v in state["position.shape"].tolist())
+            active, turn = (bool(v) for v in state["position.align"].tolist())
+            self.align_on, self.align_info = active, position_record(active, turn)
+        elif "align.poses" in state:
             rows = state["align.poses"].tolist()
             self.align_on, self.align_info = alignment_decision(
                 self.opts["align"], [r[0] for r in rows], [bool(r[1]) for r in rows])

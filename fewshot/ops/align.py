@@ -58,6 +58,11 @@ class Pose:
     skew: float = 0.0
 
     @property
+    def placed(self) -> bool:
+        """A clear object on a plain background (any shape): ``usable`` without the axis."""
+        return self.border <= MAX_BORDER_SHARE and AREA_RANGE[0] <= self.area <= AREA_RANGE[1]
+
+    @property
     def usable(self) -> bool:
         """A clear, elongated object on a plain background."""
         return (self.elongation >= MIN_ELONGATION and self.border <= MAX_BORDER_SHARE
