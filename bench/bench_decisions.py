@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -43,8 +44,9 @@ SYNTH = ROOT / "runs" / "bench_selfconfig" / "data"
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
 
 
-def command(name: str, seed: int, out: Path, shots: int = 4) -> list[str]:
-    base = [FSIAD, "score", "--shots", str(shots), "--seed", str(seed), "--out", str(out), "-q", "--overwrite"]
+def command(name: str, seed: int, out: Path, shots: int = 4, options: tuple[str, ...] = ()) -> list[str]:
+    base = [FSIAD, "score", "--shots", str(shots), "--seed", str(seed), "--out", str(out), "-q", "--overwrite",
+            *[a for o in options for a in ("-o", o)]]
     if name == "demo":
         return [*base, "--demo", "textile"]
     if name == "magnetic_tile":
@@ -82,11 +84,17 @@ def min_fpr_for(scores: np.ndarray, labels: np.ndarray, share: float = 0.9) -> f
     return float(fpr[f1 >= share * f1.max() - 1e-12].min())
 
 
-def measure(name: str, seed: int, reuse: bool = False, shots: int = 4) -> dict:
-    out = OUT / (f"{name}{seed}" if shots == 4 else f"{name}{seed}_shots{shots}")
+def run_dir(name: str, seed: int, shots: int = 4, options: tuple[str, ...] = ()) -> Path:
+    """``runs/bench_decisions/<set><seed>[_shots<K>][_<option>...]``."""
+    tail = "".join("_" + re.sub(r"[^A-Za-z0-9]+", "-", o) for o in options)
+    return OUT / (f"{name}{seed}" + ("" if shots == 4 else f"_shots{shots}") + tail)
+
+
+def measure(name: str, seed: int, reuse: bool = False, shots: int = 4, options: tuple[str, ...] = ()) -> dict:
+    out = run_dir(name, seed, shots, options)
     t = time.perf_counter()
     if not (reuse and (out / "run.json").is_file()):
-        subprocess.run(command(name, seed, out, shots), check=True, env=ENV, stdout=subprocess.DEVNULL)
+        subprocess.run(command(name, seed, out, shots, options), check=True, env=ENV, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["label"] in ("0", "1")]
     s = np.array([float(r["score"]) for r in rows])
@@ -106,14 +114,14 @@ def measure(name: str, seed: int, reuse: bool = False, shots: int = 4) -> dict:
             "oracle_min_fpr_for_0.9": min_fpr_for(s, y, 0.9), "auroc": (rec.get("metrics") or {}).get("image_auroc"),
             "flagged": f"{rec['n_flagged']} of {rec['n_scored']}",
             "configuration": rec["method"].get("configuration"), "wall_s": round(wall, 1),
-            "command": " ".join(command(name, seed, Path(f"runs/{out.name}"), shots)).replace(str(ROOT) + "/", "")}
+            "command": " ".join(command(name, seed, Path(f"runs/{out.name}"), shots, options)).replace(str(ROOT) + "/", "")}
 
 
 def labelled_split(name: str, seed: int, share: float, shots: int = 4, splits: int = 50) -> dict:
     """Held-out decisions of the threshold chosen on a stratified ``share`` of a run's labelled images."""
     from fsiad.fewshot.metrics import operating_points
 
-    out = OUT / (f"{name}{seed}" if shots == 4 else f"{name}{seed}_shots{shots}")
+    out = run_dir(name, seed, shots)
     rows = [r for r in csv.DictReader((out / "scores.csv").open()) if r["label"] in ("0", "1")]
     s = np.array([float(r["score"]) for r in rows])
     y = np.array([int(r["label"]) for r in rows])
@@ -144,6 +152,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--shots", type=int, default=4, help="references per run (outputs of shots != 4 go to <set><seed>_shots<K>)")
     ap.add_argument("--reuse", action="store_true", help="re-read existing outputs instead of scoring again")
+    ap.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="method option passed to fsiad score (repeatable; outputs go to <set><seed>_<option>)")
     ap.add_argument("--labelled", type=float, default=None, metavar="F",
                     help="with --reuse: held-out decisions of the threshold chosen on a share F of the labelled images")
     args = ap.parse_args()
@@ -162,7 +172,7 @@ def main() -> None:
     results = []
     for name in args.sets:
         for seed in (int(x) for x in args.seeds.split(",")):
-            r = measure(name, seed, args.reuse, args.shots)
+            r = measure(name, seed, args.reuse, args.shots, tuple(args.option))
             results.append(r)
             print(json.dumps(r), flush=True)
     print(f"{'set':14s} seed  recall   FPR   F1/F1max  AUROC  set_by   | oracle: F1/F1max at FPR<=2xtarget, "
