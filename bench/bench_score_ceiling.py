@@ -35,18 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fsiad.fewshot.metrics import auroc
 
 from bench.bench_decisions import MAGNETIC, best_f1_within, f1_max
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "bench_score_ceiling"
 VARIANTS = ("default", "top x4", "top x12", "top x40", "k=3", "density ratio", "density minus")
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
 
 
 def variant_scores(grids: list[dict[str, torch.Tensor]], rho: torch.Tensor, norm: tuple[float, float],
